@@ -1,0 +1,82 @@
+//! Sign and verify JWTs with the keys that `jwt-key-operator` mounts into pods.
+//!
+//! The operator writes the signing key into a Secret and publishes every public key that a
+//! verifier may need in a ConfigMap (see the "What the operator writes" section of the
+//! product contract). This crate is the consumer side, with no Kubernetes dependency:
+//!
+//! - [`Signer::from_dir`] reads the mounted Secret directory (`private.pem`, `kid`,
+//!   `algorithm`) and signs claims with the `kid` header set.
+//! - [`Verifier::from_dir`] reads the mounted ConfigMap directory (`jwks.json`), picks the key
+//!   by the token's `kid`, pins the algorithm to that key's `alg` (so `none` and HS256 with the
+//!   public key as HMAC secret are refused), and validates `exp`, `nbf` and optionally `iss` and
+//!   `aud`.
+//!
+//! Both follow the mount: the kubelet swaps the files atomically through the `..data`
+//! symlink, a file watcher (with a periodic re-stat as fallback) notices and the keys are
+//! replaced with one atomic pointer swap, so a request never waits for a reload. A token with a
+//! `kid` that is not known yet triggers at most one synchronous re-read per
+//! [`VerifierBuilder::unknown_kid_reload_interval`]. A reload that reads a broken or partial
+//! file keeps the previous keys and logs the error.
+//!
+//! ```no_run
+//! use jwt_keys::{Signer, Verifier};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Claims { sub: String, exp: u64 }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let signer = Signer::from_dir("/var/run/secrets/jwt-signing-key")?;
+//! let token = signer.sign(&Claims { sub: "alice".into(), exp: 4_000_000_000 })?;
+//!
+//! let verifier = Verifier::builder("/var/run/jwks").audience(["api"]).build()?;
+//! match verifier.verify::<Claims>(&token) {
+//!     Ok(verified) => println!("hello {} (key {})", verified.claims.sub, verified.kid),
+//!     Err(err) => println!("rejected: {err}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod crypto;
+mod error;
+mod jwks;
+mod reload;
+mod signer;
+mod token;
+mod verifier;
+
+pub use crypto::Backend;
+pub use error::{LoadError, SignError, VerifyError};
+pub use jsonwebtoken::Algorithm;
+pub use jwks::{KeySet, PublicKey};
+pub use reload::ReloadStatus;
+pub use signer::{Signer, SignerBuilder, SigningKey};
+pub use token::TokenHeader;
+pub use verifier::{Verified, Verifier, VerifierBuilder};
+
+/// The algorithms the operator can configure: the RSA PKCS#1 v1.5 and RSA-PSS families.
+pub const SUPPORTED_ALGORITHMS: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+/// Parses an algorithm name as the operator writes it (`RS256` ... `PS512`); any other name,
+/// including `none` and the HMAC family, is refused.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    SUPPORTED_ALGORITHMS
+        .into_iter()
+        .find(|alg| algorithm_name(*alg) == name)
+}
+
+/// The JOSE name of an algorithm (`RS256`), as written in the `alg` header and JWK member.
+pub fn algorithm_name(alg: Algorithm) -> String {
+    // jsonwebtoken's variant names are the JOSE names.
+    format!("{alg:?}")
+}
