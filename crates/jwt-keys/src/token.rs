@@ -38,13 +38,18 @@ impl TokenHeader {
             )));
         }
         let mut parts = token.split('.');
-        let (Some(header), Some(_payload), Some(_signature), None) =
+        let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(VerifyError::Malformed(
                 "expected three dot-separated parts".to_owned(),
             ));
         };
+        if !is_base64url(payload) || !is_base64url(signature) {
+            return Err(VerifyError::Malformed(
+                "payload or signature is not base64url".to_owned(),
+            ));
+        }
         let json = URL_SAFE_NO_PAD
             .decode(header)
             .map_err(|err| VerifyError::Malformed(format!("header is not base64url: {err}")))?;
@@ -55,6 +60,11 @@ impl TokenHeader {
             kid: raw.kid,
         })
     }
+}
+
+fn is_base64url(part: &str) -> bool {
+    part.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
