@@ -1,0 +1,78 @@
+//! Command line of the `jwt-key-operator` binary.
+
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+
+/// Generates, publishes and rotates RSA JWT signing keys on Kubernetes.
+#[derive(Parser, Debug)]
+#[command(
+    name = "jwt-key-operator",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `run`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller (default).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinition YAML.
+    Crd,
+}
+
+/// Log output format.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options of the controller.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Namespace to watch; repeat the flag or separate with commas. Default: all namespaces.
+    #[arg(
+        long = "watch-namespace",
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub watch_namespaces: Vec<String>,
+
+    /// Address of the HTTP server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "HTTP_ADDRESS", default_value = "0.0.0.0")]
+    pub http_address: String,
+
+    /// Port of the HTTP server; 0 picks a free port (logged at start-up).
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Elect a leader through a Lease so that only one replica writes.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Namespace of the Lease. Default: $POD_NAMESPACE, else the first watched namespace, else `default`.
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the Lease.
+    #[arg(long, env = "LEADER_ELECTION_ID", default_value = "jwt-key-operator")]
+    pub leader_election_id: String,
+
+    /// Seconds a leader holds the Lease without renewing it; standbys take over after this.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+}

@@ -1,0 +1,409 @@
+//! The `JwtSigningKey` custom resource (`jwtkeys.dev/v1alpha1`): spec, status and the CRD the API
+//! server validates against.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt, KubeSchema, ResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::GoDuration;
+
+/// API group of the custom resource.
+pub const GROUP: &str = "jwtkeys.dev";
+/// Annotation that requests a rotation; each new value acts once.
+pub const ROTATE_ANNOTATION: &str = "jwtkeys.dev/rotate";
+/// Annotation that revokes keys by kid (comma separated); each new value acts once.
+pub const REVOKE_ANNOTATION: &str = "jwtkeys.dev/revoke";
+
+/// Go-style duration: a sequence of decimal numbers with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`),
+/// such as `720h`, `15m` or `1h30m`.
+const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// Desired configuration of a JWT signing key and its rotation schedule.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "jwtkeys.dev",
+    version = "v1alpha1",
+    kind = "JwtSigningKey",
+    plural = "jwtsigningkeys",
+    shortname = "jsk",
+    namespaced,
+    status = "JwtSigningKeyStatus",
+    doc = "An RSA key pair for signing JWTs, rotated on a schedule. The signing key is written to a \
+           Secret; every public key that verifiers may need is published as JWKS and PEM in ConfigMaps.",
+    printcolumn(name = "Algorithm", type_ = "string", json_path = ".spec.algorithm"),
+    printcolumn(
+        name = "Active Key",
+        type_ = "string",
+        json_path = ".status.activeKeyId"
+    ),
+    printcolumn(
+        name = "Next Rotation",
+        type_ = "string",
+        json_path = ".status.nextRotationTime"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("duration(self.propagationDelay) < duration(self.rotationInterval)")
+        .message("propagationDelay must be shorter than rotationInterval")
+        .field_path(".propagationDelay")
+        .reason(Reason::FieldValueInvalid),
+    validation = Rule::new(
+        "duration(self.maxTokenLifetime).getMilliseconds() + duration(self.propagationDelay).getMilliseconds() \
+         <= 62 * duration(self.rotationInterval).getMilliseconds()"
+    )
+        .message("maxTokenLifetime + propagationDelay must be at most 62 x rotationInterval, \
+                  or more than 64 keys would be published at once")
+        .field_path(".maxTokenLifetime")
+        .reason(Reason::FieldValueInvalid)
+)]
+pub struct JwtSigningKeySpec {
+    /// JWS algorithm the keys sign with. Changing it takes effect with the next key.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+
+    /// RSA modulus size in bits. Changing it takes effect with the next key.
+    #[serde(default = "default_key_size")]
+    #[schemars(extend("enum" = [2048, 3072, 4096]))]
+    pub key_size: u32,
+
+    /// How long each key signs before the next key takes over (Go-style duration, minimum 10s).
+    #[serde(default = "default_rotation_interval")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(
+        validation = Rule::new("duration(self) >= duration('10s')").message("rotationInterval must be at least 10s")
+    )]
+    pub rotation_interval: String,
+
+    /// Upper bound for a published change to reach every verifier (kubelet volume sync plus the
+    /// verifier's cache). The next key is published this long before it signs. Must be shorter than
+    /// rotationInterval.
+    #[serde(default = "default_propagation_delay")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    pub propagation_delay: String,
+
+    /// Longest lifetime (exp - iat) of the tokens the issuer signs. A retired key stays published for
+    /// maxTokenLifetime + propagationDelay.
+    #[serde(default = "default_max_token_lifetime")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(
+        validation = Rule::new("duration(self) > duration('0s')").message("maxTokenLifetime must be positive")
+    )]
+    pub max_token_lifetime: String,
+
+    /// Name of the Secret that holds the signing key. Defaults to `<name>-signing-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub secret_name: Option<String>,
+
+    /// Name of the ConfigMap that publishes the public keys. Defaults to `<name>-jwks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub config_map_name: Option<String>,
+
+    /// Labels and annotations copied onto the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<ObjectTemplate>,
+
+    /// Labels and annotations copied onto every published ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_template: Option<ObjectTemplate>,
+
+    /// Where else to publish the ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishSpec>,
+}
+
+/// JWS algorithms backed by RSA keys.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    #[default]
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
+}
+
+impl Algorithm {
+    /// The JOSE name, e.g. `RS256`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+        }
+    }
+
+    /// Parses a JOSE name.
+    pub fn parse(name: &str) -> Option<Algorithm> {
+        [
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ]
+        .into_iter()
+        .find(|alg| alg.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Metadata copied onto a generated object.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+pub struct ObjectTemplate {
+    /// Labels added to the object. The operator's own labels take precedence.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the object.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Publication of the ConfigMap beyond the JwtSigningKey's own namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishSpec {
+    /// Also publish the ConfigMap, under the same name, into every namespace whose labels match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+fn default_key_size() -> u32 {
+    2048
+}
+fn default_rotation_interval() -> String {
+    "720h".into()
+}
+fn default_propagation_delay() -> String {
+    "15m".into()
+}
+fn default_max_token_lifetime() -> String {
+    "24h".into()
+}
+
+/// Observed state of a JwtSigningKey, written by the operator.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSigningKeyStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` tells whether the keys are published and the signing key is in place.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Key id (RFC 7638 thumbprint) of the key that signs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_key_id: Option<String>,
+    /// Every published key and its schedule.
+    #[serde(default)]
+    pub keys: Vec<KeyStatus>,
+    /// When the signing key last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<String>,
+    /// When the signing key changes next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<String>,
+    /// Namespaces, besides this one, that hold a copy of the ConfigMap.
+    #[serde(default)]
+    pub published_namespaces: Vec<String>,
+    /// Last value of the `jwtkeys.dev/rotate` annotation that was acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotate_annotation: Option<String>,
+    /// Last value of the `jwtkeys.dev/revoke` annotation that was acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_revoke_annotation: Option<String>,
+    /// Key ids revoked through `jwtkeys.dev/revoke`; they are never published again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_key_ids: Vec<String>,
+}
+
+/// A published key and its schedule (RFC 3339 times).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    /// Key id: RFC 7638 JWK thumbprint (SHA-256, base64url without padding).
+    pub kid: String,
+    /// Next (published, not yet signing), Active (signing) or Retired (published for verification only).
+    pub state: KeyState,
+    /// Algorithm the key signs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// When the key was generated and published.
+    pub created_at: String,
+    /// When the key starts (or started) signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activates_at: Option<String>,
+    /// When the key stops (or stopped) signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retires_at: Option<String>,
+    /// When the key is removed from every ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_after: Option<String>,
+}
+
+/// Lifecycle state of a published key.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    /// Published, starts signing at `activatesAt`.
+    Next,
+    /// The signing key.
+    Active,
+    /// No longer signs; published until `removeAfter`.
+    Retired,
+}
+
+impl JwtSigningKey {
+    /// Name of the Secret holding the signing key.
+    pub fn secret_name(&self) -> String {
+        self.spec
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-signing-key", self.name_any()))
+    }
+
+    /// Name of the published ConfigMap(s).
+    pub fn config_map_name(&self) -> String {
+        self.spec
+            .config_map_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-jwks", self.name_any()))
+    }
+}
+
+/// Durations of a spec, parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// How long each key signs (R).
+    pub rotation_interval: GoDuration,
+    /// Publication lead and propagation bound (P).
+    pub propagation_delay: GoDuration,
+    /// Longest token lifetime (L).
+    pub max_token_lifetime: GoDuration,
+}
+
+/// A spec the schema accepted but the operator cannot act on.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    /// A duration field does not parse.
+    #[error("spec.{field}: {source}")]
+    Duration {
+        /// Field name.
+        field: &'static str,
+        /// Parse failure.
+        #[source]
+        source: crate::duration::ParseError,
+    },
+    /// A rule the CRD also enforces, re-checked for objects stored before the rule existed.
+    #[error("spec.{field}: {message}")]
+    Rule {
+        /// Field name.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Most keys a schedule may keep published at once.
+pub const MAX_PUBLISHED_KEYS: u64 = 64;
+
+impl JwtSigningKeySpec {
+    /// Parses and cross-checks the durations (the same rules the CRD enforces at admission).
+    pub fn timing(&self) -> Result<Timing, SpecError> {
+        let parse = |field: &'static str, value: &str| {
+            value
+                .parse::<GoDuration>()
+                .map_err(|source| SpecError::Duration { field, source })
+        };
+        let timing = Timing {
+            rotation_interval: parse("rotationInterval", &self.rotation_interval)?,
+            propagation_delay: parse("propagationDelay", &self.propagation_delay)?,
+            max_token_lifetime: parse("maxTokenLifetime", &self.max_token_lifetime)?,
+        };
+        let (r, p, l) = (
+            timing.rotation_interval.as_millis(),
+            timing.propagation_delay.as_millis(),
+            timing.max_token_lifetime.as_millis(),
+        );
+        if r < 10_000 {
+            return Err(SpecError::Rule {
+                field: "rotationInterval",
+                message: "must be at least 10s".into(),
+            });
+        }
+        if p >= r {
+            return Err(SpecError::Rule {
+                field: "propagationDelay",
+                message: "must be shorter than rotationInterval".into(),
+            });
+        }
+        if l == 0 {
+            return Err(SpecError::Rule {
+                field: "maxTokenLifetime",
+                message: "must be positive".into(),
+            });
+        }
+        if l + p > (MAX_PUBLISHED_KEYS as u128 - 2) * r {
+            return Err(SpecError::Rule {
+                field: "maxTokenLifetime",
+                message: format!(
+                    "maxTokenLifetime + propagationDelay must be at most {} x rotationInterval, \
+                     or more than {MAX_PUBLISHED_KEYS} keys would be published at once",
+                    MAX_PUBLISHED_KEYS - 2
+                ),
+            });
+        }
+        if ![2048, 3072, 4096].contains(&self.key_size) {
+            return Err(SpecError::Rule {
+                field: "keySize",
+                message: format!("{} is not one of 2048, 3072, 4096", self.key_size),
+            });
+        }
+        Ok(timing)
+    }
+}
+
+/// The CRD as YAML, as `jwt-key-operator crd` prints it and `crds/` holds it.
+pub fn crd_yaml() -> String {
+    let crd = JwtSigningKey::crd();
+    let mut yaml =
+        String::from("# Generated from the Rust types by `jwt-key-operator crd`. Do not edit.\n");
+    yaml.push_str(&serde_yaml::to_string(&crd).expect("the CRD serializes"));
+    yaml
+}

@@ -1,0 +1,12 @@
+//! jwt-key-operator: generates, publishes and rotates RSA JWT signing keys on Kubernetes.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod duration;
+pub mod keys;
+pub mod metrics;
+pub mod resources;
+pub mod run;
+pub mod schedule;

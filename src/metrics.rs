@@ -1,0 +1,192 @@
+//! Prometheus metrics. Labels carry names and kids at most, never key material.
+
+use std::{sync::Mutex, time::Duration};
+
+use chrono::{DateTime, Utc};
+use kube::ResourceExt;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use std::sync::atomic::AtomicU64;
+
+use crate::{controller::Error, crd::JwtSigningKey, schedule::KeySet};
+
+/// Identifies one JwtSigningKey.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// Namespace of the JwtSigningKey.
+    pub namespace: String,
+    /// Name of the JwtSigningKey.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    namespace: String,
+    name: String,
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SizeLabels {
+    key_size: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    resource: String,
+}
+
+/// The operator's metrics and their registry.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    rotations: Family<KeyLabels, Counter>,
+    key_generation: Family<SizeLabels, Histogram>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    next_rotation: Family<KeyLabels, Gauge<f64, AtomicU64>>,
+    published_keys: Family<KeyLabels, Gauge>,
+    api_writes: Family<WriteLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let rotations = Family::<KeyLabels, Counter>::default();
+        let key_generation = Family::<SizeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 12))
+        });
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let next_rotation = Family::<KeyLabels, Gauge<f64, AtomicU64>>::default();
+        let published_keys = Family::<KeyLabels, Gauge>::default();
+        let api_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "jwtkeys_rotations",
+            "Signing key changes",
+            rotations.clone(),
+        );
+        registry.register(
+            "jwtkeys_key_generation_seconds",
+            "Time to generate one RSA key",
+            key_generation.clone(),
+        );
+        registry.register(
+            "jwtkeys_reconcile_errors",
+            "Failed reconciles",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "jwtkeys_next_rotation_timestamp_seconds",
+            "Unix time of the next signing key change",
+            next_rotation.clone(),
+        );
+        registry.register(
+            "jwtkeys_published_keys",
+            "Public keys published in the ConfigMap",
+            published_keys.clone(),
+        );
+        registry.register(
+            "jwtkeys_api_writes",
+            "Writes to the API server (Secrets, ConfigMaps, status)",
+            api_writes.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            rotations,
+            key_generation,
+            reconcile_errors,
+            next_rotation,
+            published_keys,
+            api_writes,
+        }
+    }
+}
+
+fn labels(jsk: &JwtSigningKey) -> KeyLabels {
+    KeyLabels {
+        namespace: jsk.namespace().unwrap_or_default(),
+        name: jsk.name_any(),
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("metrics registry lock");
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts a signing key change.
+    pub fn rotation(&self, jsk: &JwtSigningKey) {
+        self.rotations.get_or_create(&labels(jsk)).inc();
+    }
+
+    /// Records a key generation.
+    pub fn key_generated(&self, bits: usize, took: Duration) {
+        self.key_generation
+            .get_or_create(&SizeLabels {
+                key_size: bits.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a failed reconcile.
+    pub fn reconcile_error(&self, jsk: &JwtSigningKey, error: &Error) {
+        let kind = format!("{error:?}");
+        let kind = kind
+            .split(['(', ' ', '{'])
+            .next()
+            .unwrap_or("Unknown")
+            .to_string();
+        let KeyLabels { namespace, name } = labels(jsk);
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                namespace,
+                name,
+                error: kind,
+            })
+            .inc();
+    }
+
+    /// Records the published keys and the next rotation of a JwtSigningKey.
+    pub fn observe_keys(
+        &self,
+        jsk: &JwtSigningKey,
+        keys: &KeySet,
+        next_rotation: Option<DateTime<Utc>>,
+    ) {
+        let labels = labels(jsk);
+        self.published_keys
+            .get_or_create(&labels)
+            .set(keys.keys.len() as i64);
+        if let Some(at) = next_rotation {
+            self.next_rotation
+                .get_or_create(&labels)
+                .set(at.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    /// Counts one write to the API server.
+    pub fn api_write(&self, resource: &str) {
+        self.api_writes
+            .get_or_create(&WriteLabels {
+                resource: resource.into(),
+            })
+            .inc();
+    }
+
+    /// Forgets a deleted JwtSigningKey's gauges.
+    pub fn forget(&self, jsk: &JwtSigningKey) {
+        let labels = labels(jsk);
+        self.published_keys.remove(&labels);
+        self.next_rotation.remove(&labels);
+    }
+}
