@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
@@ -27,8 +29,76 @@ pub struct SigningKey {
     pub kid: String,
     /// The algorithm written into every token's header.
     pub algorithm: Algorithm,
-    header: Header,
-    encoding_key: EncodingKey,
+    /// The header, serialised and base64url-encoded once per key.
+    encoded_header: String,
+    engine: Engine,
+}
+
+/// What computes the signature.
+enum Engine {
+    /// The key parsed once by aws-lc. jsonwebtoken's `encode` re-parses (and re-validates) the
+    /// private key for every signature, which costs about two thirds of the signing time; the
+    /// signing input and the output are the same as jsonwebtoken's.
+    #[cfg(feature = "aws_lc_rs")]
+    AwsLc {
+        key_pair: aws_lc_rs::signature::RsaKeyPair,
+        encoding: &'static dyn aws_lc_rs::signature::RsaEncoding,
+    },
+    /// jsonwebtoken's own signing, used with the `rust_crypto` backend.
+    #[cfg_attr(feature = "aws_lc_rs", allow(dead_code))]
+    Jsonwebtoken(EncodingKey),
+}
+
+impl Engine {
+    fn new(encoding_key: EncodingKey, algorithm: Algorithm) -> Result<Engine, String> {
+        #[cfg(feature = "aws_lc_rs")]
+        {
+            use aws_lc_rs::signature as sig;
+            let encoding: &'static dyn sig::RsaEncoding = match algorithm {
+                Algorithm::RS256 => &sig::RSA_PKCS1_SHA256,
+                Algorithm::RS384 => &sig::RSA_PKCS1_SHA384,
+                Algorithm::RS512 => &sig::RSA_PKCS1_SHA512,
+                Algorithm::PS256 => &sig::RSA_PSS_SHA256,
+                Algorithm::PS384 => &sig::RSA_PSS_SHA384,
+                Algorithm::PS512 => &sig::RSA_PSS_SHA512,
+                other => return Err(format!("{other:?} is not an RSA algorithm")),
+            };
+            // jsonwebtoken hands the PEM's key over as PKCS#1 RSAPrivateKey DER.
+            let key_pair = sig::RsaKeyPair::from_der(encoding_key.as_bytes())
+                .map_err(|err| err.to_string())?;
+            Ok(Engine::AwsLc { key_pair, encoding })
+        }
+        #[cfg(not(feature = "aws_lc_rs"))]
+        {
+            let _ = algorithm;
+            Ok(Engine::Jsonwebtoken(encoding_key))
+        }
+    }
+
+    fn sign(
+        &self,
+        message: &[u8],
+        algorithm: Algorithm,
+    ) -> Result<Vec<u8>, jsonwebtoken::errors::Error> {
+        use jsonwebtoken::errors::ErrorKind;
+        match self {
+            #[cfg(feature = "aws_lc_rs")]
+            Engine::AwsLc { key_pair, encoding } => {
+                let mut signature = vec![0; key_pair.public_modulus_len()];
+                let rng = aws_lc_rs::rand::SystemRandom::new();
+                key_pair
+                    .sign(*encoding, &rng, message, &mut signature)
+                    .map_err(|_| ErrorKind::RsaFailedSigning)?;
+                Ok(signature)
+            }
+            Engine::Jsonwebtoken(key) => {
+                let signature = jsonwebtoken::crypto::sign(message, key, algorithm)?;
+                Ok(URL_SAFE_NO_PAD
+                    .decode(signature)
+                    .map_err(|err| ErrorKind::Signing(err.to_string()))?)
+            }
+        }
+    }
 }
 
 impl fmt::Debug for SigningKey {
@@ -75,27 +145,43 @@ impl SigningKey {
             source,
         };
         let encoding_key = EncodingKey::from_rsa_pem(private_pem).map_err(parse_error)?;
+        let engine = Engine::new(encoding_key, algorithm).map_err(|reason| {
+            parse_error(jsonwebtoken::errors::ErrorKind::InvalidRsaKey(reason).into())
+        })?;
         // A key that parses may still be refused by the backend (too small, inconsistent):
         // find out now, while the previous key can still be kept.
-        jsonwebtoken::crypto::sign(b"probe", &encoding_key, algorithm).map_err(parse_error)?;
+        engine.sign(b"probe", algorithm).map_err(parse_error)?;
         let mut header = Header::new(algorithm);
         header.kid = Some(kid.to_owned());
+        let header_json = serde_json::to_vec(&header).expect("a header always serialises");
         Ok(SigningKey {
             kid: kid.to_owned(),
             algorithm,
-            header,
-            encoding_key,
+            encoded_header: URL_SAFE_NO_PAD.encode(header_json),
+            engine,
         })
     }
 
     /// Signs `claims` into a compact JWS with `alg`, `typ: JWT` and `kid` in the header.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, SignError> {
-        jsonwebtoken::encode(&self.header, claims, &self.encoding_key).map_err(|source| {
-            SignError::Sign {
-                kid: self.kid.clone(),
-                source,
-            }
-        })
+        let error = |source| SignError::Sign {
+            kid: self.kid.clone(),
+            source,
+        };
+        let claims = serde_json::to_vec(claims).map_err(|err| {
+            error(jsonwebtoken::errors::ErrorKind::Json(std::sync::Arc::new(err)).into())
+        })?;
+        let mut token = String::with_capacity(self.encoded_header.len() + claims.len() * 2 + 400);
+        token.push_str(&self.encoded_header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims, &mut token);
+        let signature = self
+            .engine
+            .sign(token.as_bytes(), self.algorithm)
+            .map_err(error)?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
     }
 }
 
