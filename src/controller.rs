@@ -469,6 +469,8 @@ struct Publisher<'a> {
     home: Option<ConfigMap>,
     copies: BTreeMap<String, Option<ConfigMap>>,
     foreign: Vec<String>,
+    /// Whether this reconcile already wrote the ConfigMaps (a forced write is needed only once).
+    written: bool,
 }
 
 impl<'a> Publisher<'a> {
@@ -516,18 +518,21 @@ impl<'a> Publisher<'a> {
             home,
             copies,
             foreign,
+            written: false,
         })
     }
 
     async fn publish(&mut self, keys: &KeySet) -> Result<()> {
         let data = resources::config_map_data(keys).map_err(Error::BuildConfigMap)?;
         let jsk = self.run.jsk;
+        let force = self.run.force_write && !self.written;
         let desired = resources::config_map(jsk, &data, None);
-        self.home = Some(self.run.write_config_map(self.home.take(), desired).await?);
+        self.home = Some(self.run.write_config_map(self.home.take(), desired, force).await?);
         for (ns, existing) in self.copies.iter_mut() {
             let desired = resources::config_map(jsk, &data, Some(ns));
-            *existing = Some(self.run.write_config_map(existing.take(), desired).await?);
+            *existing = Some(self.run.write_config_map(existing.take(), desired, force).await?);
         }
+        self.written = true;
         Ok(())
     }
 
@@ -632,11 +637,12 @@ impl Reconciliation<'_> {
         &self,
         existing: Option<ConfigMap>,
         desired: ConfigMap,
+        force: bool,
     ) -> Result<ConfigMap> {
         let namespace = desired.namespace().unwrap_or_default();
         let name = desired.name_any();
         if let Some(existing) = existing {
-            if !self.force_write
+            if !force
                 && existing.data == desired.data
                 && resources::is_in_sync(&existing.metadata, &desired.metadata)
             {

@@ -77,7 +77,7 @@ pub struct JwtSigningKeySpec {
 
     /// RSA modulus size in bits. Changing it takes effect with the next key.
     #[serde(default = "default_key_size")]
-    #[schemars(extend("enum" = [2048, 3072, 4096]))]
+    #[schemars(extend("enum" = [2048, 3072, 4096], "format" = "int32"))]
     pub key_size: u32,
 
     /// How long each key signs before the next key takes over (Go-style duration, minimum 10s).
