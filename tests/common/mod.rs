@@ -39,16 +39,22 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The kubeconfig the tests use: the first entry of `KUBECONFIG` if it is set, otherwise the one written
-/// by `tests/control-plane/up`, which is run (once per process) to make sure the control plane is up.
+/// The kubeconfig the tests use: the first entry of `KUBECONFIG` if it names another cluster, otherwise
+/// the one written by `tests/control-plane/up`, which is run (once per process) to make sure the
+/// control plane is up.
 pub fn kubeconfig_path() -> PathBuf {
     static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
     KUBECONFIG
-        .get_or_init(|| match std::env::var_os("KUBECONFIG") {
-            Some(paths) if !paths.is_empty() => std::env::split_paths(&paths)
-                .next()
-                .expect("KUBECONFIG names a file"),
-            _ => start_control_plane(),
+        .get_or_init(|| {
+            let ours = repo_root().join("target/control-plane/kubeconfig");
+            let from_env = std::env::var_os("KUBECONFIG")
+                .and_then(|paths| std::env::split_paths(&paths).next())
+                .filter(|path| !path.as_os_str().is_empty());
+            match from_env {
+                Some(path) if path != ours => path,
+                // Ours, or none: (re)start ours if needed; `up` is quick when it is running.
+                _ => start_control_plane(),
+            }
         })
         .clone()
 }
