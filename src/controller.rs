@@ -111,6 +111,7 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
         }
     })
     .await
+    .inspect(|action| info!(?action, "reconciled"))
     .map_err(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
@@ -527,10 +528,18 @@ impl<'a> Publisher<'a> {
         let jsk = self.run.jsk;
         let force = self.run.force_write && !self.written;
         let desired = resources::config_map(jsk, &data, None);
-        self.home = Some(self.run.write_config_map(self.home.take(), desired, force).await?);
+        self.home = Some(
+            self.run
+                .write_config_map(self.home.take(), desired, force)
+                .await?,
+        );
         for (ns, existing) in self.copies.iter_mut() {
             let desired = resources::config_map(jsk, &data, Some(ns));
-            *existing = Some(self.run.write_config_map(existing.take(), desired, force).await?);
+            *existing = Some(
+                self.run
+                    .write_config_map(existing.take(), desired, force)
+                    .await?,
+            );
         }
         self.written = true;
         Ok(())

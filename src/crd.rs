@@ -389,6 +389,13 @@ impl JwtSigningKeySpec {
                 ),
             });
         }
+        if let Some(selector) = self
+            .publish
+            .as_ref()
+            .and_then(|p| p.namespace_selector.as_ref())
+        {
+            check_selector(selector)?;
+        }
         if ![2048, 3072, 4096].contains(&self.key_size) {
             return Err(SpecError::Rule {
                 field: "keySize",
@@ -397,6 +404,32 @@ impl JwtSigningKeySpec {
         }
         Ok(timing)
     }
+}
+
+/// Checks what the LabelSelector schema leaves open: known operators and their values.
+fn check_selector(selector: &LabelSelector) -> Result<(), SpecError> {
+    for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
+        let values = expr.values.as_ref().map_or(0, Vec::len);
+        let problem = match expr.operator.as_str() {
+            "In" | "NotIn" if values == 0 => {
+                Some(format!("operator {} needs values", expr.operator))
+            }
+            "Exists" | "DoesNotExist" if values > 0 => {
+                Some(format!("operator {} takes no values", expr.operator))
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => None,
+            other => Some(format!(
+                "unknown operator {other:?} (use In, NotIn, Exists or DoesNotExist)"
+            )),
+        };
+        if let Some(message) = problem {
+            return Err(SpecError::Rule {
+                field: "publish.namespaceSelector",
+                message: format!("matchExpressions[{i}]: {message}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The CRD as YAML, as `jwt-key-operator crd` prints it and `crds/` holds it.

@@ -1,0 +1,460 @@
+//! Operator-specific helpers for the end-to-end tests: JwtSigningKey fixtures, waits on its status,
+//! reading the Secret and ConfigMap it writes, and a recorder of every version of them.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use jwt_key_operator::{
+    crd::{JwtSigningKey, JwtSigningKeySpec},
+    resources,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+
+use crate::common::{self, TestNamespace, wait_for};
+
+/// Time allowed for the operator to react to a change.
+pub const REACT: Duration = Duration::from_secs(30);
+
+/// A JwtSigningKey named `name` with `spec` (JSON; missing fields take the CRD defaults).
+pub fn jsk(name: &str, spec: serde_json::Value) -> JwtSigningKey {
+    let spec: JwtSigningKeySpec = serde_json::from_value(spec).expect("a valid spec");
+    JwtSigningKey::new(name, spec)
+}
+
+/// Creates a JwtSigningKey in the test namespace.
+pub async fn create(ns: &TestNamespace, key: &JwtSigningKey) -> JwtSigningKey {
+    api(ns)
+        .create(&PostParams::default(), key)
+        .await
+        .expect("creating the JwtSigningKey")
+}
+
+/// The JwtSigningKey API of the test namespace.
+pub fn api(ns: &TestNamespace) -> Api<JwtSigningKey> {
+    Api::namespaced(ns.client.clone(), &ns.name)
+}
+
+/// Merges `annotations` into the JwtSigningKey's metadata.
+pub async fn annotate(ns: &TestNamespace, name: &str, annotations: serde_json::Value) {
+    api(ns)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": annotations}})),
+        )
+        .await
+        .expect("annotating the JwtSigningKey");
+}
+
+/// Waits until the Ready condition has `status` and `reason`, and returns the object.
+pub async fn wait_ready(
+    ns: &TestNamespace,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> JwtSigningKey {
+    let api = api(ns);
+    wait_for(
+        &format!("{name} Ready={status} ({reason})"),
+        REACT,
+        || async {
+            let key = api.get(name).await.ok()?;
+            let ready = key
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")?
+                .clone();
+            (ready.status == status
+                && ready.reason == reason
+                && key.status.as_ref()?.observed_generation == key.metadata.generation)
+                .then_some(key)
+        },
+    )
+    .await
+}
+
+/// Waits for a status that satisfies `check`.
+pub async fn wait_status<F>(
+    ns: &TestNamespace,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: F,
+) -> JwtSigningKey
+where
+    F: Fn(&JwtSigningKey) -> bool,
+{
+    let api = api(ns);
+    let check = &check;
+    wait_for(what, timeout, || {
+        let api = api.clone();
+        async move {
+            let key = api.get(name).await.ok()?;
+            check(&key).then_some(key)
+        }
+    })
+    .await
+}
+
+/// The Secret's entries as text.
+pub async fn secret_text(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Option<BTreeMap<String, String>> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .ok()??;
+    Some(
+        secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).expect("UTF-8 Secret entry")))
+            .collect(),
+    )
+}
+
+/// The ConfigMap's data.
+pub async fn config_map_data(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Option<BTreeMap<String, String>> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .ok()??;
+    Some(cm.data.unwrap_or_default())
+}
+
+/// Kids listed in a `jwks.json`, in order.
+pub fn jwks_kids(data: &BTreeMap<String, String>) -> Vec<String> {
+    let jwks: serde_json::Value =
+        serde_json::from_str(&data[resources::JWKS_JSON]).expect("jwks.json is JSON");
+    jwks["keys"]
+        .as_array()
+        .expect("jwks.json has keys")
+        .iter()
+        .map(|k| k["kid"].as_str().expect("kid").to_string())
+        .collect()
+}
+
+/// Events on objects in the namespace, as `reason: message`.
+pub async fn events(ns: &TestNamespace) -> Vec<(String, String, String)> {
+    Api::<Event>::namespaced(ns.client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .expect("listing events")
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits for an event with this reason.
+pub async fn wait_event(ns: &TestNamespace, reason: &str) -> (String, String, String) {
+    wait_for(&format!("an event {reason}"), REACT, || async {
+        events(ns).await.into_iter().find(|(_, r, _)| r == reason)
+    })
+    .await
+}
+
+/// One observed version of the Secret or ConfigMap.
+#[derive(Clone, Debug)]
+pub struct Version {
+    /// When the watch delivered it.
+    pub at: Instant,
+    /// `Secret` or `ConfigMap`.
+    pub kind: &'static str,
+    /// Namespace.
+    pub namespace: String,
+    /// The signing kid (Secret) or the published kids (ConfigMap); `None` when deleted.
+    pub kids: Option<Vec<String>>,
+}
+
+/// Records every version of the Secret and ConfigMaps named `secret`/`config_map` in the given
+/// namespaces, as a watch sees them.
+#[derive(Clone, Default)]
+pub struct History {
+    versions: Arc<Mutex<Vec<Version>>>,
+}
+
+impl History {
+    /// Starts watching; returns once both watches have listed.
+    pub async fn record(
+        client: &Client,
+        namespaces: &[String],
+        secret: &str,
+        config_map: &str,
+    ) -> History {
+        let history = History::default();
+        let mut started = Vec::new();
+        for ns in namespaces {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let versions = history.versions.clone();
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+            let selector = format!("metadata.name={secret}");
+            let namespace = ns.clone();
+            let mut tx = Some(tx);
+            tokio::spawn(async move {
+                let mut stream = std::pin::pin!(
+                    watcher(secrets, watcher::Config::default().fields(&selector))
+                        .default_backoff()
+                );
+                while let Some(Ok(event)) = stream.next().await {
+                    let (secret, deleted) = match event {
+                        watcher::Event::Apply(s) | watcher::Event::InitApply(s) => (s, false),
+                        watcher::Event::Delete(s) => (s, true),
+                        watcher::Event::InitDone => {
+                            if let Some(tx) = tx.take() {
+                                let _ = tx.send(());
+                            }
+                            continue;
+                        }
+                        watcher::Event::Init => continue,
+                    };
+                    let kid = secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(resources::KID))
+                        .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+                    versions.lock().unwrap().push(Version {
+                        at: Instant::now(),
+                        kind: "Secret",
+                        namespace: namespace.clone(),
+                        kids: if deleted {
+                            None
+                        } else {
+                            Some(kid.into_iter().collect())
+                        },
+                    });
+                }
+            });
+            started.push(rx);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let versions = history.versions.clone();
+            let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+            let selector = format!("metadata.name={config_map}");
+            let namespace = ns.clone();
+            let mut tx = Some(tx);
+            tokio::spawn(async move {
+                let mut stream = std::pin::pin!(
+                    watcher(config_maps, watcher::Config::default().fields(&selector))
+                        .default_backoff()
+                );
+                while let Some(Ok(event)) = stream.next().await {
+                    let (cm, deleted) = match event {
+                        watcher::Event::Apply(c) | watcher::Event::InitApply(c) => (c, false),
+                        watcher::Event::Delete(c) => (c, true),
+                        watcher::Event::InitDone => {
+                            if let Some(tx) = tx.take() {
+                                let _ = tx.send(());
+                            }
+                            continue;
+                        }
+                        watcher::Event::Init => continue,
+                    };
+                    let kids = cm
+                        .data
+                        .as_ref()
+                        .filter(|d| d.contains_key(resources::JWKS_JSON))
+                        .map(jwks_kids);
+                    versions.lock().unwrap().push(Version {
+                        at: Instant::now(),
+                        kind: "ConfigMap",
+                        namespace: namespace.clone(),
+                        kids: if deleted { None } else { kids },
+                    });
+                }
+            });
+            started.push(rx);
+        }
+        for rx in started {
+            let _ = rx.await;
+        }
+        history
+    }
+
+    /// Everything recorded so far, in order.
+    pub fn versions(&self) -> Vec<Version> {
+        self.versions.lock().unwrap().clone()
+    }
+
+    /// Distinct signing kids in the order they signed.
+    pub fn signing_kids(&self) -> Vec<String> {
+        let mut kids: Vec<String> = Vec::new();
+        for v in self.versions().iter().filter(|v| v.kind == "Secret") {
+            if let Some(kid) = v.kids.as_ref().and_then(|k| k.first()) {
+                if kids.last() != Some(kid) {
+                    kids.push(kid.clone());
+                }
+            }
+        }
+        kids
+    }
+
+    /// Checks I1-I3 on the recorded history: every signing key (except `signs_at_once`) was published
+    /// in every ConfigMap at least `p` before it signed; every key that stopped signing stayed in every
+    /// ConfigMap for at least `retention` after (except `revoked`); each Secret version's key is in
+    /// every ConfigMap at that moment. `slack` absorbs watch delivery jitter.
+    pub fn check_invariants(
+        &self,
+        p: Duration,
+        retention: Duration,
+        slack: Duration,
+        signs_at_once: &[String],
+        revoked: &[String],
+    ) {
+        let versions = self.versions();
+        let namespaces: Vec<String> = {
+            let mut n: Vec<String> = versions
+                .iter()
+                .filter(|v| v.kind == "ConfigMap")
+                .map(|v| v.namespace.clone())
+                .collect();
+            n.sort();
+            n.dedup();
+            n
+        };
+        // When each kid first appeared in / last left each ConfigMap.
+        let mut first_published: BTreeMap<(String, String), Instant> = BTreeMap::new();
+        let mut unpublished: BTreeMap<(String, String), Instant> = BTreeMap::new();
+        let mut current: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut signing: Option<(String, Instant)> = None;
+        let mut stopped: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut started: BTreeMap<String, Instant> = BTreeMap::new();
+        for v in &versions {
+            match v.kind {
+                "ConfigMap" => {
+                    let kids = v.kids.clone().unwrap_or_default();
+                    let before = current
+                        .insert(v.namespace.clone(), kids.clone())
+                        .unwrap_or_default();
+                    for kid in &kids {
+                        first_published
+                            .entry((v.namespace.clone(), kid.clone()))
+                            .or_insert(v.at);
+                    }
+                    for kid in before.iter().filter(|k| !kids.contains(k)) {
+                        unpublished
+                            .entry((v.namespace.clone(), kid.clone()))
+                            .or_insert(v.at);
+                        if let Some(stop) = stopped.get(kid) {
+                            if !revoked.contains(kid) {
+                                let kept = v.at.duration_since(*stop);
+                                assert!(
+                                    kept + slack >= retention,
+                                    "I2: key {kid} left ConfigMap in {} {kept:?} after it stopped signing (< {retention:?})",
+                                    v.namespace
+                                );
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let Some(kid) = v.kids.as_ref().and_then(|k| k.first()).cloned() else {
+                        continue;
+                    };
+                    // I3: the signing key is in every ConfigMap.
+                    for ns in &namespaces {
+                        if let Some(kids) = current.get(ns) {
+                            assert!(
+                                kids.contains(&kid),
+                                "I3: signing key {kid} is not in the ConfigMap in {ns}"
+                            );
+                        }
+                    }
+                    if signing.as_ref().map(|(k, _)| k) != Some(&kid) {
+                        if let Some((old, _)) = signing.take() {
+                            stopped.insert(old, v.at);
+                        }
+                        // I1
+                        if !signs_at_once.contains(&kid) {
+                            for ns in &namespaces {
+                                let published = first_published
+                                    .get(&(ns.clone(), kid.clone()))
+                                    .unwrap_or_else(|| {
+                                        panic!("I1: {kid} signs but was never published in {ns}")
+                                    });
+                                let lead = v.at.duration_since(*published);
+                                assert!(
+                                    lead + slack >= p,
+                                    "I1: key {kid} signs {lead:?} after being published in {ns} (< P = {p:?})"
+                                );
+                            }
+                        }
+                        assert!(!started.contains_key(&kid), "key {kid} signs a second time");
+                        started.insert(kid.clone(), v.at);
+                        signing = Some((kid, v.at));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Starts an operator for the test namespace (and extra namespaces).
+pub fn operator(namespaces: &[&str]) -> common::OperatorProcess {
+    common::OperatorProcess::start(namespaces, &[])
+}
+
+/// The operator's metrics text, from the HTTP port it logged.
+pub async fn metrics(operator: &common::OperatorProcess) -> String {
+    let address = wait_for("the operator's HTTP address in its log", REACT, || async {
+        let logs = operator.logs();
+        let line = logs
+            .lines()
+            .rev()
+            .find(|l| l.contains("serving /metrics"))?;
+        let port = line
+            .rsplit(':')
+            .next()?
+            .trim()
+            .trim_end_matches(|c: char| !c.is_ascii_digit())
+            .to_string();
+        Some(format!("127.0.0.1:{port}"))
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connecting to /metrics");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("requesting /metrics");
+    let mut body = String::new();
+    stream
+        .read_to_string(&mut body)
+        .await
+        .expect("reading /metrics");
+    body
+}
+
+/// Sum of a metric's samples whose line contains `filter`.
+pub fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
