@@ -1,0 +1,428 @@
+//! End-to-end: the rotation lifecycle on the real API server, checked against I1-I3 from a recorded
+//! history of every Secret and ConfigMap version.
+
+mod common;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use common::{install_crd, wait_for, with_temp_ns};
+use jwt_key_operator::crd::KeyState;
+use serde_json::json;
+use support::*;
+
+/// Short settings: R = 10s, P = 3s, L = 4s; a retired key stays published L + P (+1s margin).
+const SHORT: (&str, &str, &str) = ("10s", "3s", "4s");
+const P: Duration = Duration::from_secs(3);
+const L_PLUS_P: Duration = Duration::from_secs(7);
+/// Watch delivery jitter between the operator's writes and this test's observation of them.
+const SLACK: Duration = Duration::from_millis(300);
+
+fn short_spec() -> serde_json::Value {
+    json!({"rotationInterval": SHORT.0, "propagationDelay": SHORT.1, "maxTokenLifetime": SHORT.2})
+}
+
+async fn wait_signing_kids(history: &History, count: usize, timeout: Duration) -> Vec<String> {
+    wait_for(&format!("{count} signing keys"), timeout, || async {
+        let kids = history.signing_kids();
+        (kids.len() >= count).then_some(kids)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn next_key_is_published_before_it_signs_and_retired_keys_stay_for_l_plus_p() {
+    with_temp_ns("rot-cycle", |ns| async move {
+        install_crd(&ns.client).await;
+        let history = History::record(
+            &ns.client,
+            &[ns.name.clone()],
+            "auth-signing-key",
+            "auth-jwks",
+        )
+        .await;
+        let operator = operator(&[&ns.name]);
+        create(&ns, &jsk("auth", short_spec())).await;
+        let first = wait_ready(&ns, "auth", "True", "KeysReady")
+            .await
+            .status
+            .unwrap()
+            .active_key_id
+            .unwrap();
+        let writes_at_start = metric_sum(&metrics(&operator).await, "jwtkeys_api_writes_total", "");
+
+        // The next key shows up in the status as Next before it signs.
+        let key = wait_status(
+            &ns,
+            "auth",
+            "a Next key in the status",
+            Duration::from_secs(20),
+            |k| {
+                k.status
+                    .as_ref()
+                    .is_some_and(|s| s.keys.iter().any(|k| k.state == KeyState::Next))
+            },
+        )
+        .await;
+        let status = key.status.unwrap();
+        let next = status
+            .keys
+            .iter()
+            .find(|k| k.state == KeyState::Next)
+            .unwrap();
+        assert_eq!(
+            status.next_rotation_time, next.activates_at,
+            "nextRotationTime is the next key's activation"
+        );
+        assert_eq!(status.keys[0].state, KeyState::Active);
+
+        let kids = wait_signing_kids(&history, 4, Duration::from_secs(60)).await;
+        assert_eq!(kids[0], first);
+        // Wait until the second key has been removed too, so that removals are in the history.
+        wait_for(
+            "the second key to leave the ConfigMap",
+            Duration::from_secs(30),
+            || async {
+                let data = config_map_data(&ns.client, &ns.name, "auth-jwks").await?;
+                (!jwks_kids(&data).contains(&kids[1])).then_some(())
+            },
+        )
+        .await;
+        history.check_invariants(P, L_PLUS_P, SLACK, &[first.clone()], &[]);
+
+        let writes =
+            metric_sum(&metrics(&operator).await, "jwtkeys_api_writes_total", "") - writes_at_start;
+        let rotations = history.signing_kids().len() - 1;
+        eprintln!(
+            "figure: {writes} API writes over {rotations} rotations = {:.1} per rotation",
+            writes / rotations as f64
+        );
+        assert!(
+            writes / rotations as f64 <= 9.0,
+            "at most 3 writes per change, 3 changes per rotation"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_rotate_annotation_publishes_a_key_now_and_it_signs_after_p() {
+    with_temp_ns("rot-annotation", |ns| async move {
+        install_crd(&ns.client).await;
+        let history = History::record(
+            &ns.client,
+            &[ns.name.clone()],
+            "auth-signing-key",
+            "auth-jwks",
+        )
+        .await;
+        let _operator = operator(&[&ns.name]);
+        create(&ns, &jsk("auth", json!({"propagationDelay": "3s"}))).await;
+        let first = wait_ready(&ns, "auth", "True", "KeysReady")
+            .await
+            .status
+            .unwrap()
+            .active_key_id
+            .unwrap();
+
+        annotate(&ns, "auth", json!({"jwtkeys.dev/rotate": "2026-11-28"})).await;
+        let requested = Instant::now();
+        let key = wait_status(
+            &ns,
+            "auth",
+            "the requested key published as Next",
+            REACT,
+            |k| {
+                k.status
+                    .as_ref()
+                    .is_some_and(|s| s.keys.iter().any(|k| k.state == KeyState::Next))
+            },
+        )
+        .await;
+        assert_eq!(
+            key.status.unwrap().last_rotate_annotation.as_deref(),
+            Some("2026-11-28")
+        );
+        let kids = wait_signing_kids(&history, 2, REACT).await;
+        assert!(
+            requested.elapsed() >= P - SLACK,
+            "the new key signed only after P"
+        );
+        history.check_invariants(P, L_PLUS_P, SLACK, &[first.clone()], &[]);
+        wait_event(&ns, "KeyActivated").await;
+
+        // The same value does not act again.
+        annotate(&ns, "auth", json!({"unrelated": "touch"})).await;
+        let key = wait_ready(&ns, "auth", "True", "KeysReady").await;
+        let status = key.status.unwrap();
+        assert_eq!(status.active_key_id.as_ref(), Some(&kids[1]));
+        assert!(
+            !status.keys.iter().any(|k| k.state == KeyState::Next),
+            "no second rotation for the same value"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_revoke_annotation_drops_keys_at_once_and_a_fresh_key_signs() {
+    with_temp_ns("rot-revoke", |ns| async move {
+        install_crd(&ns.client).await;
+        let _operator = operator(&[&ns.name]);
+        create(&ns, &jsk("auth", json!({"propagationDelay": "2s"}))).await;
+        let first = wait_ready(&ns, "auth", "True", "KeysReady")
+            .await
+            .status
+            .unwrap()
+            .active_key_id
+            .unwrap();
+        // Rotate once so that a retired key is published too.
+        annotate(&ns, "auth", json!({"jwtkeys.dev/rotate": "1"})).await;
+        let second = wait_status(&ns, "auth", "a rotation", REACT, |k| {
+            k.status
+                .as_ref()
+                .and_then(|s| s.active_key_id.as_ref())
+                .is_some_and(|kid| *kid != first)
+        })
+        .await
+        .status
+        .unwrap()
+        .active_key_id
+        .unwrap();
+
+        annotate(
+            &ns,
+            "auth",
+            json!({"jwtkeys.dev/revoke": format!("{first},{second}")}),
+        )
+        .await;
+        let key = wait_status(&ns, "auth", "both keys revoked", REACT, |k| {
+            k.status
+                .as_ref()
+                .is_some_and(|s| s.revoked_key_ids.len() == 2)
+        })
+        .await;
+        let status = key.status.unwrap();
+        let fresh = status.active_key_id.clone().unwrap();
+        assert!(fresh != first && fresh != second);
+        let data = config_map_data(&ns.client, &ns.name, "auth-jwks")
+            .await
+            .unwrap();
+        assert_eq!(
+            jwks_kids(&data),
+            [fresh.clone()],
+            "revoked keys are gone from the ConfigMap"
+        );
+        assert!(
+            !data
+                .keys()
+                .any(|k| k.starts_with(&first) || k.starts_with(&second))
+        );
+        let secret = secret_text(&ns.client, &ns.name, "auth-signing-key")
+            .await
+            .unwrap();
+        assert_eq!(secret["kid"], fresh);
+        let state: serde_json::Value = serde_json::from_str(&secret["state.json"]).unwrap();
+        let remembered: Vec<&str> = state["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["jwk"]["kid"].as_str().unwrap())
+            .collect();
+        assert_eq!(remembered, [fresh.as_str()], "and from the Secret's state");
+        assert!(
+            !secret
+                .values()
+                .any(|v| v.contains(&second) && !v.contains("revoked")),
+            "only the revocation list names them"
+        );
+        let (_, _, message) = wait_event(&ns, "KeyRevoked").await;
+        assert!(message.contains(&first) || message.contains(&second));
+
+        // Revoked keys never return, even when the ConfigMap is recreated.
+        kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(ns.client.clone(), &ns.name)
+            .delete("auth-jwks", &Default::default())
+            .await
+            .unwrap();
+        let data = wait_for("the ConfigMap recreated", REACT, || {
+            config_map_data(&ns.client, &ns.name, "auth-jwks")
+        })
+        .await;
+        assert_eq!(jwks_kids(&data), [fresh]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn algorithm_and_key_size_changes_apply_to_the_next_key() {
+    with_temp_ns("rot-algorithm", |ns| async move {
+        install_crd(&ns.client).await;
+        let _operator = operator(&[&ns.name]);
+        create(&ns, &jsk("auth", json!({"propagationDelay": "2s"}))).await;
+        let first = wait_ready(&ns, "auth", "True", "KeysReady")
+            .await
+            .status
+            .unwrap()
+            .active_key_id
+            .unwrap();
+        api(&ns)
+            .patch(
+                "auth",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"spec": {"algorithm": "PS512", "keySize": 3072}})),
+            )
+            .await
+            .unwrap();
+        let key = wait_ready(&ns, "auth", "True", "KeysReady").await;
+        assert_eq!(
+            key.status.unwrap().active_key_id.as_deref(),
+            Some(first.as_str()),
+            "the signing key stays"
+        );
+        assert_eq!(
+            secret_text(&ns.client, &ns.name, "auth-signing-key")
+                .await
+                .unwrap()["algorithm"],
+            "RS256"
+        );
+
+        annotate(&ns, "auth", json!({"jwtkeys.dev/rotate": "new-algorithm"})).await;
+        let secret = wait_for("the next key to sign", REACT, || async {
+            let secret = secret_text(&ns.client, &ns.name, "auth-signing-key").await?;
+            (secret["kid"] != first).then_some(secret)
+        })
+        .await;
+        assert_eq!(secret["algorithm"], "PS512");
+        let data = config_map_data(&ns.client, &ns.name, "auth-jwks")
+            .await
+            .unwrap();
+        let jwks: serde_json::Value = serde_json::from_str(&data["jwks.json"]).unwrap();
+        assert_eq!(jwks["keys"][0]["alg"], "PS512");
+        assert_eq!(
+            jwks["keys"][0]["n"].as_str().unwrap().len(),
+            512,
+            "3072-bit modulus"
+        );
+        assert_eq!(
+            jwks["keys"][1]["alg"], "RS256",
+            "the retired key keeps its algorithm"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_downtime_the_operator_catches_up_late_never_early() {
+    with_temp_ns("rot-catch-up", |ns| async move {
+        install_crd(&ns.client).await;
+        let history = History::record(
+            &ns.client,
+            &[ns.name.clone()],
+            "auth-signing-key",
+            "auth-jwks",
+        )
+        .await;
+        let mut operator = operator(&[&ns.name]);
+        create(&ns, &jsk("auth", short_spec())).await;
+        let first = wait_ready(&ns, "auth", "True", "KeysReady")
+            .await
+            .status
+            .unwrap()
+            .active_key_id
+            .unwrap();
+        wait_signing_kids(&history, 2, Duration::from_secs(30)).await;
+        // The first key is retired now; its removal and the next activation are planned.
+        let key = api(&ns).get("auth").await.unwrap();
+        let status = key.status.unwrap();
+        let retired = status.keys.iter().find(|k| k.kid == first).unwrap();
+        let planned_removal =
+            chrono::DateTime::parse_from_rfc3339(retired.remove_after.as_ref().unwrap()).unwrap();
+        let planned_rotation =
+            chrono::DateTime::parse_from_rfc3339(status.next_rotation_time.as_ref().unwrap())
+                .unwrap();
+
+        operator.kill();
+        let down_at = history.versions().len();
+        wait_for(
+            "the planned removal and activation to pass",
+            Duration::from_secs(40),
+            || async {
+                let now = chrono::Utc::now();
+                (now > planned_removal + chrono::Duration::seconds(3)
+                    && now > planned_rotation + chrono::Duration::seconds(3))
+                .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(
+            history.versions().len(),
+            down_at,
+            "nothing changes while the operator is down"
+        );
+
+        let restarted = chrono::Utc::now();
+        operator.restart();
+        let kids = wait_signing_kids(&history, 3, Duration::from_secs(30)).await;
+        wait_for("the first key to be removed", REACT, || async {
+            let data = config_map_data(&ns.client, &ns.name, "auth-jwks").await?;
+            (!jwks_kids(&data).contains(&first)).then_some(())
+        })
+        .await;
+        let status = api(&ns).get("auth").await.unwrap().status.unwrap();
+        let third = status.keys.iter().find(|k| k.kid == kids[2]).unwrap();
+        let activated =
+            chrono::DateTime::parse_from_rfc3339(third.activates_at.as_ref().unwrap()).unwrap();
+        assert!(
+            activated >= restarted + chrono::Duration::seconds(2),
+            "late activation, after P from the restart"
+        );
+        assert!(activated > planned_rotation, "late, never early");
+        history.check_invariants(P, L_PLUS_P, SLACK, &[first.clone()], &[]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_operator_writes_nothing() {
+    with_temp_ns("rot-idle", |ns| async move {
+        install_crd(&ns.client).await;
+        let operator = operator(&[&ns.name]);
+        create(&ns, &jsk("auth", json!({}))).await;
+        wait_ready(&ns, "auth", "True", "KeysReady").await;
+        let before = metrics(&operator).await;
+        let reconciles = operator.logs().matches("reconciled").count();
+        // Edits that change nothing the operator owns make it reconcile, and write nothing.
+        annotate(&ns, "auth", json!({"unrelated": "1"})).await;
+        annotate(&ns, "auth", json!({"unrelated": "2"})).await;
+        wait_for("two more reconciles", REACT, || async {
+            (operator.logs().matches("reconciled").count() >= reconciles + 2).then_some(())
+        })
+        .await;
+        let after = metrics(&operator).await;
+        assert_eq!(
+            metric_sum(&before, "jwtkeys_api_writes_total", ""),
+            metric_sum(&after, "jwtkeys_api_writes_total", ""),
+            "no API writes while nothing is due"
+        );
+        // The next wake-up is the planned change (the next key, R - P = 719h45m from now), not a poll.
+        let last = operator
+            .logs()
+            .lines()
+            .rev()
+            .find(|l| l.contains("reconciled"))
+            .unwrap()
+            .to_string();
+        let seconds: f64 = last
+            .split("requeue_after: Some(")
+            .nth(1)
+            .and_then(|s| s.split('s').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (2_590_000.0..=2_591_100.0).contains(&seconds),
+            "requeue in {seconds}s: {last}"
+        );
+    })
+    .await;
+}
