@@ -22,6 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller (default).
+    #[command(args_override_self = true)]
     Run(RunArgs),
     /// Print the CustomResourceDefinition YAML.
     Crd,

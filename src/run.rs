@@ -43,7 +43,6 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             error!("{message}");
-            eprintln!("jwt-key-operator: {message}");
             ExitCode::from(2)
         }
     }
@@ -391,4 +390,44 @@ async fn controller_for(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response, StatusCode};
+    use kube::client::Body;
+
+    /// An API server that knows no JwtSigningKey resource, as before the CRD is installed.
+    fn api_without_the_crd() -> Client {
+        let service = tower::service_fn(|request: Request<Body>| async move {
+            assert!(request.uri().path().contains("jwtsigningkeys"));
+            let status = serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "the server could not find the requested resource",
+                "reason": "NotFound", "code": 404
+            });
+            Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&status).unwrap()))
+        });
+        Client::new(service, "default")
+    }
+
+    #[tokio::test]
+    async fn without_the_crd_start_up_fails_with_how_to_install_it() {
+        let error = check_crd_installed(&api_without_the_crd(), Some(&["auth".to_string()]))
+            .await
+            .expect_err("a missing CRD stops the operator");
+        assert!(
+            error.contains("jwtsigningkeys.jwtkeys.dev) is not installed"),
+            "{error}"
+        );
+        assert!(
+            error.contains("jwt-key-operator crd | kubectl apply"),
+            "{error}"
+        );
+        assert!(error.contains("charts/jwt-key-operator"), "{error}");
+    }
 }
