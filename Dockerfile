@@ -1,0 +1,24 @@
+# jwt-key-operator image: one static binary on distroless/static, running as a non-root user.
+#
+# Images cannot be built on the project's development machines (no container runtime, no registry
+# access); this file is kept short so that it can be checked by reading. Build from the repository
+# root, on a machine with Docker or Podman:
+#   docker build -t registry.example.com/jwt-key-operator:0.1.0 .
+# then set image.repository / image.tag in the Helm chart.
+
+# Alpine's Rust targets musl and links statically, so the binary needs no libc at run time.
+FROM rust:1.95-alpine AS build
+RUN apk add --no-cache musl-dev
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin jwt-key-operator \
+ && cp target/release/jwt-key-operator /jwt-key-operator
+
+# distroless/static: CA certificates and /etc/passwd only; no shell, no package manager.
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /jwt-key-operator /usr/local/bin/jwt-key-operator
+# 65532 is distroless's "nonroot" user; the chart sets the same IDs and runAsNonRoot.
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/jwt-key-operator"]
+CMD ["run"]
