@@ -89,10 +89,16 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
     if args.leader_election {
         wait_for_leadership(&client, &args, scope.as_deref()).await?;
     }
-    info!(namespaces = ?scope, "starting controllers");
-    ready.store(true, Ordering::SeqCst);
 
     let (namespaces, namespace_changes) = watch_namespaces(client.clone());
+    // Publication targets come from this store: an empty store before the first list would look
+    // like "no namespace matches" and withdraw every copy.
+    namespaces
+        .wait_until_ready()
+        .await
+        .map_err(|e| format!("cannot list namespaces: {e}"))?;
+    info!(namespaces = ?scope, "starting controllers");
+    ready.store(true, Ordering::SeqCst);
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
