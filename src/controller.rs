@@ -346,13 +346,13 @@ fn load_state(
     for entry in [resources::PRIVATE_PEM, resources::NEXT_PRIVATE_PEM] {
         if let Some(pem) = text(entry) {
             let algorithm = jsk.spec.algorithm;
-            if let Ok(pair) = KeyPair::from_private_pem(&pem, algorithm) {
-                if let Some(record) = keys.keys.iter().find(|k| k.kid() == pair.kid()) {
-                    // Keep the algorithm the key was published with.
-                    let mut pair = pair;
-                    pair.jwk = record.jwk.clone();
-                    private.insert(pair.kid().to_string(), pair);
-                }
+            if let Ok(pair) = KeyPair::from_private_pem(&pem, algorithm)
+                && let Some(record) = keys.keys.iter().find(|k| k.kid() == pair.kid())
+            {
+                // Keep the algorithm the key was published with.
+                let mut pair = pair;
+                pair.jwk = record.jwk.clone();
+                private.insert(pair.kid().to_string(), pair);
             }
         }
     }
@@ -437,28 +437,28 @@ fn take_annotations(
     notes: &mut Vec<(&'static str, String)>,
 ) {
     let annotations = jsk.annotations();
-    if let Some(value) = annotations.get(ROTATE_ANNOTATION) {
-        if keys.handled_rotate.as_ref() != Some(value) {
-            keys.handled_rotate = Some(value.clone());
-            keys.rotation_requested_at = Some(now);
-            notes.push((
-                "RotationRequested",
-                format!("Rotation requested ({ROTATE_ANNOTATION}={value})"),
-            ));
-        }
+    if let Some(value) = annotations.get(ROTATE_ANNOTATION)
+        && keys.handled_rotate.as_ref() != Some(value)
+    {
+        keys.handled_rotate = Some(value.clone());
+        keys.rotation_requested_at = Some(now);
+        notes.push((
+            "RotationRequested",
+            format!("Rotation requested ({ROTATE_ANNOTATION}={value})"),
+        ));
     }
-    if let Some(value) = annotations.get(REVOKE_ANNOTATION) {
-        if keys.handled_revoke.as_ref() != Some(value) {
-            keys.handled_revoke = Some(value.clone());
-            for kid in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
-                if !keys.keys.iter().any(|k| k.kid() == kid) {
-                    notes.push((
-                        "RevokeUnknownKey",
-                        format!("Key {kid} is not published; it will never be published"),
-                    ));
-                }
-                keys.revoked.insert(kid.to_string());
+    if let Some(value) = annotations.get(REVOKE_ANNOTATION)
+        && keys.handled_revoke.as_ref() != Some(value)
+    {
+        keys.handled_revoke = Some(value.clone());
+        for kid in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            if !keys.keys.iter().any(|k| k.kid() == kid) {
+                notes.push((
+                    "RevokeUnknownKey",
+                    format!("Key {kid} is not published; it will never be published"),
+                ));
             }
+            keys.revoked.insert(kid.to_string());
         }
     }
 }
@@ -650,13 +650,12 @@ impl Reconciliation<'_> {
     ) -> Result<ConfigMap> {
         let namespace = desired.namespace().unwrap_or_default();
         let name = desired.name_any();
-        if let Some(existing) = existing {
-            if !force
-                && existing.data == desired.data
-                && resources::is_in_sync(&existing.metadata, &desired.metadata)
-            {
-                return Ok(existing);
-            }
+        if let Some(existing) = existing
+            && !force
+            && existing.data == desired.data
+            && resources::is_in_sync(&existing.metadata, &desired.metadata)
+        {
+            return Ok(existing);
         }
         let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &namespace);
         let err = |e| Error::ApplyConfigMap(format!("{namespace}/{name}"), e);

@@ -33,27 +33,11 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
     status = "JwtSigningKeyStatus",
     doc = "An RSA key pair for signing JWTs, rotated on a schedule. The signing key is written to a \
            Secret; every public key that verifiers may need is published as JWKS and PEM in ConfigMaps.",
-    printcolumn(name = "Algorithm", type_ = "string", json_path = ".spec.algorithm"),
-    printcolumn(
-        name = "Active Key",
-        type_ = "string",
-        json_path = ".status.activeKeyId"
-    ),
-    printcolumn(
-        name = "Next Rotation",
-        type_ = "string",
-        json_path = ".status.nextRotationTime"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.algorithm"}"#,
+    printcolumn = r#"{"name":"Active Key","type":"string","jsonPath":".status.activeKeyId"}"#,
+    printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotationTime"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -77,7 +61,7 @@ pub struct JwtSigningKeySpec {
 
     /// RSA modulus size in bits. Changing it takes effect with the next key.
     #[serde(default = "default_key_size")]
-    #[schemars(extend("enum" = [2048, 3072, 4096], "format" = "int32"))]
+    #[schemars(range(min = 2048, max = 4096), extend("enum" = [2048, 3072, 4096], "format" = "int32"))]
     pub key_size: u32,
 
     /// How long each key signs before the next key takes over (Go-style duration, minimum 10s).

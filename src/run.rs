@@ -86,6 +86,9 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
     )
     .await?;
 
+    // Standbys are ready too: they serve and wait for the Lease, as controller-runtime's replicas do, so
+    // that a PodDisruptionBudget counts them.
+    ready.store(true, Ordering::SeqCst);
     if args.leader_election {
         wait_for_leadership(&client, &args, scope.as_deref()).await?;
     }
@@ -98,7 +101,6 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot list namespaces: {e}"))?;
     info!(namespaces = ?scope, "starting controllers");
-    ready.store(true, Ordering::SeqCst);
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -169,7 +171,7 @@ async fn serve_http(args: &RunArgs, health: Health) -> Result<(), String> {
                 if h.ready.load(Ordering::SeqCst) {
                     (StatusCode::OK, "ok")
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "waiting for leadership")
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
                 }
             }),
         )

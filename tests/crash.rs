@@ -49,7 +49,7 @@ async fn sigkill_at_random_moments_never_breaks_the_invariants() {
         install_crd(&ns.client).await;
         let history = History::record(
             &ns.client,
-            &[ns.name.clone()],
+            std::slice::from_ref(&ns.name),
             "auth-signing-key",
             "auth-jwks",
         )
@@ -78,7 +78,7 @@ async fn sigkill_at_random_moments_never_breaks_the_invariants() {
             tokio::time::sleep(rng.millis(300..7000)).await;
             operator.kill();
             kills += 1;
-            if rng.next() % 3 == 0 {
+            if rng.next().is_multiple_of(3) {
                 tokio::time::sleep(rng.millis(0..2500)).await;
             }
             operator.restart();

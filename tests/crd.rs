@@ -8,7 +8,7 @@ fn the_crd_in_the_repository_matches_the_rust_types() {
     let stored = std::fs::read_to_string(path).expect("crds/jwtsigningkeys.yaml exists");
     assert!(
         stored == crd_yaml(),
-        "crds/jwtsigningkeys.yaml is stale: regenerate it with `cargo run -- crd > crds/jwtsigningkeys.yaml`"
+        "crds/jwtsigningkeys.yaml is stale: regenerate it with `cargo run -- crd | tee crds/jwtsigningkeys.yaml > charts/jwt-key-operator/files/jwtsigningkeys.yaml`"
     );
 }
 

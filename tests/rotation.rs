@@ -36,7 +36,7 @@ async fn next_key_is_published_before_it_signs_and_retired_keys_stay_for_l_plus_
         install_crd(&ns.client).await;
         let history = History::record(
             &ns.client,
-            &[ns.name.clone()],
+            std::slice::from_ref(&ns.name),
             "auth-signing-key",
             "auth-jwks",
         )
@@ -88,7 +88,7 @@ async fn next_key_is_published_before_it_signs_and_retired_keys_stay_for_l_plus_
             },
         )
         .await;
-        history.check_invariants(P, L_PLUS_P, SLACK, &[first.clone()], &[]);
+        history.check_invariants(P, L_PLUS_P, SLACK, std::slice::from_ref(&first), &[]);
 
         let writes =
             metric_sum(&metrics(&operator).await, "jwtkeys_api_writes_total", "") - writes_at_start;
@@ -111,7 +111,7 @@ async fn the_rotate_annotation_publishes_a_key_now_and_it_signs_after_p() {
         install_crd(&ns.client).await;
         let history = History::record(
             &ns.client,
-            &[ns.name.clone()],
+            std::slice::from_ref(&ns.name),
             "auth-signing-key",
             "auth-jwks",
         )
@@ -148,7 +148,7 @@ async fn the_rotate_annotation_publishes_a_key_now_and_it_signs_after_p() {
             requested.elapsed() >= P - SLACK,
             "the new key signed only after P"
         );
-        history.check_invariants(P, L_PLUS_P, SLACK, &[first.clone()], &[]);
+        history.check_invariants(P, L_PLUS_P, SLACK, std::slice::from_ref(&first), &[]);
         wait_event(&ns, "KeyActivated").await;
 
         // The same value does not act again.
@@ -210,7 +210,7 @@ async fn the_revoke_annotation_drops_keys_at_once_and_a_fresh_key_signs() {
             .unwrap();
         assert_eq!(
             jwks_kids(&data),
-            [fresh.clone()],
+            std::slice::from_ref(&fresh),
             "revoked keys are gone from the ConfigMap"
         );
         assert!(
@@ -317,7 +317,7 @@ async fn after_downtime_the_operator_catches_up_late_never_early() {
         install_crd(&ns.client).await;
         let history = History::record(
             &ns.client,
-            &[ns.name.clone()],
+            std::slice::from_ref(&ns.name),
             "auth-signing-key",
             "auth-jwks",
         )
@@ -377,7 +377,7 @@ async fn after_downtime_the_operator_catches_up_late_never_early() {
             "late activation, after P from the restart"
         );
         assert!(activated > planned_rotation, "late, never early");
-        history.check_invariants(P, L_PLUS_P, SLACK, &[first.clone()], &[]);
+        history.check_invariants(P, L_PLUS_P, SLACK, std::slice::from_ref(&first), &[]);
     })
     .await;
 }

@@ -52,7 +52,7 @@ async fn a_new_key_gets_its_secret_config_map_status_and_events() {
         let data = config_map_data(&ns.client, &ns.name, "auth-jwks")
             .await
             .expect("the ConfigMap");
-        assert_eq!(jwks_kids(&data), [kid.clone()]);
+        assert_eq!(jwks_kids(&data), std::slice::from_ref(&kid));
         let jwks: serde_json::Value = serde_json::from_str(&data["jwks.json"]).unwrap();
         let jwk = &jwks["keys"][0];
         assert_eq!(
@@ -520,7 +520,10 @@ async fn keys_are_published_into_matching_namespaces_and_withdrawn_when_they_sto
             .unwrap()
             .metadata;
         assert_eq!(copy_meta.labels.unwrap()["jwtkeys.dev/signing-key"], "auth");
-        assert_eq!(key.status.unwrap().published_namespaces, [matching.clone()]);
+        assert_eq!(
+            key.status.unwrap().published_namespaces,
+            std::slice::from_ref(&matching)
+        );
 
         // A deleted copy comes back.
         Api::<ConfigMap>::namespaced(ns.client.clone(), &matching)

@@ -304,10 +304,10 @@ impl History {
     pub fn signing_kids(&self) -> Vec<String> {
         let mut kids: Vec<String> = Vec::new();
         for v in self.versions().iter().filter(|v| v.kind == "Secret") {
-            if let Some(kid) = v.kids.as_ref().and_then(|k| k.first()) {
-                if kids.last() != Some(kid) {
-                    kids.push(kid.clone());
-                }
+            if let Some(kid) = v.kids.as_ref().and_then(|k| k.first())
+                && kids.last() != Some(kid)
+            {
+                kids.push(kid.clone());
             }
         }
         kids
@@ -359,15 +359,15 @@ impl History {
                         unpublished
                             .entry((v.namespace.clone(), kid.clone()))
                             .or_insert(v.at);
-                        if let Some(stop) = stopped.get(kid) {
-                            if !revoked.contains(kid) {
-                                let kept = v.at.duration_since(*stop);
-                                assert!(
-                                    kept + slack >= retention,
-                                    "I2: key {kid} left ConfigMap in {} {kept:?} after it stopped signing (< {retention:?})",
-                                    v.namespace
-                                );
-                            }
+                        if let Some(stop) = stopped.get(kid)
+                            && !revoked.contains(kid)
+                        {
+                            let kept = v.at.duration_since(*stop);
+                            assert!(
+                                kept + slack >= retention,
+                                "I2: key {kid} left ConfigMap in {} {kept:?} after it stopped signing (< {retention:?})",
+                                v.namespace
+                            );
                         }
                     }
                 }
