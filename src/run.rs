@@ -18,7 +18,6 @@ use kube::{
     api::{ListParams, PartialObjectMeta},
     runtime::{
         Controller, WatchStreamExt,
-        controller::Config as ControllerConfig,
         events::{Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -325,8 +324,7 @@ async fn controller_for(
     let controller = Controller::new(
         api::<JwtSigningKey>(&client, &namespace),
         watcher::Config::default().any_semantic(),
-    )
-    .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(200)));
+    );
     let store = controller.store();
 
     // Secrets and ConfigMaps are matched by name, so that a conflicting object that goes away frees

@@ -162,7 +162,7 @@ async fn templates_and_names_from_the_spec_are_applied() {
 }
 
 #[tokio::test]
-async fn a_hand_edited_config_map_is_restored_and_a_deleted_one_recreated() {
+async fn hand_edits_to_the_secret_and_config_map_are_undone_and_a_deleted_config_map_recreated() {
     with_temp_ns("jsk-cm-edit", |ns| async move {
         install_crd(&ns.client).await;
         let _operator = operator(&[&ns.name]);
@@ -184,6 +184,33 @@ async fn a_hand_edited_config_map_is_restored_and_a_deleted_one_recreated() {
         .unwrap();
         wait_for("the edited ConfigMap to be restored", REACT, || async {
             (config_map_data(&ns.client, &ns.name, "auth-jwks").await? == original).then_some(())
+        })
+        .await;
+
+        // The Secret too: a changed entry and a removed label are put back, the signing key stays.
+        let secret_before = secret_text(&ns.client, &ns.name, "auth-signing-key")
+            .await
+            .unwrap();
+        Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+            .patch(
+                "auth-signing-key",
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "metadata": {"labels": {"jwtkeys.dev/signing-key": null}},
+                    "data": {"kid": "dGFtcGVyZWQ="},
+                })),
+            )
+            .await
+            .unwrap();
+        wait_for("the edited Secret to be restored", REACT, || async {
+            let secret = Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+                .get("auth-signing-key")
+                .await
+                .ok()?;
+            let labelled = secret.labels().get("jwtkeys.dev/signing-key").is_some();
+            (labelled
+                && secret_text(&ns.client, &ns.name, "auth-signing-key").await? == secret_before)
+                .then_some(())
         })
         .await;
 

@@ -262,7 +262,21 @@ impl<T: Load> Shared<T> {
         if trigger == Trigger::Forced {
             state.status.forced_reloads += 1;
         }
-        match T::load(&data) {
+        // The kubelet may swap `..data` (and delete the old target) while we read: when the target
+        // moved under a failed read, read the new one instead of reporting a failure.
+        let mut data = data;
+        let mut fingerprint = fingerprint;
+        let mut loaded = T::load(&data);
+        for _ in 0..3 {
+            let now = data_dir(&self.dir);
+            if loaded.is_ok() || now == data {
+                break;
+            }
+            data = now;
+            fingerprint = Fingerprint::of(&self.dir, &data);
+            loaded = T::load(&data);
+        }
+        match loaded {
             Ok(value) => {
                 tracing::info!(
                     dir = %self.dir.display(), ?trigger, keys = %value.describe(), "reloaded keys"
