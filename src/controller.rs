@@ -58,6 +58,9 @@ pub enum Error {
     /// Deleting a ConfigMap copy failed.
     #[error("deleting ConfigMap copy {0}: {1}")]
     DeleteConfigMap(String, #[source] kube::Error),
+    /// Reading the status failed.
+    #[error("reading status: {0}")]
+    GetStatus(#[source] kube::Error),
     /// Writing the status failed.
     #[error("writing status: {0}")]
     ApplyStatus(#[source] kube::Error),
@@ -207,12 +210,23 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         Err(e) => return Err(Error::GetConfigMap(config_map_name, e)),
     };
 
+    // Without the Secret, the status is what tells which published keys signed: read it fresh, since
+    // the cached object may predate the last status write.
+    let recovery_status = match &secret {
+        Some(_) => status.clone(),
+        None => Api::<JwtSigningKey>::namespaced(ctx.client.clone(), &namespace)
+            .get_status(&jsk.name_any())
+            .await
+            .map_err(Error::GetStatus)?
+            .status
+            .unwrap_or_default(),
+    };
     let (mut keys, mut private) = load_state(
         jsk,
         &timing,
         secret.as_ref(),
         home_config_map.as_ref(),
-        &status,
+        &recovery_status,
         now,
     );
     let mut notes = Vec::new();

@@ -179,7 +179,12 @@ fn namespaced_grants() -> Vec<Grant> {
             &[],
             &["list", "watch", "patch"],
         ),
-        grant("jwtkeys.dev", "jwtsigningkeys/status", &[], &["patch"]),
+        grant(
+            "jwtkeys.dev",
+            "jwtsigningkeys/status",
+            &[],
+            &["get", "patch"],
+        ),
     ];
     grants.sort();
     grants

@@ -65,7 +65,7 @@ Each verb is one the operator calls; the chart README says why.
   verbs: ["list", "watch", "patch"]
 - apiGroups: ["jwtkeys.dev"]
   resources: ["jwtsigningkeys/status"]
-  verbs: ["patch"]
+  verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch"]
