@@ -155,7 +155,6 @@ struct Reconciliation<'a> {
     jsk: &'a JwtSigningKey,
     ctx: &'a Context,
     namespace: String,
-    force_write: bool,
 }
 
 async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
@@ -166,7 +165,6 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         jsk,
         ctx,
         namespace: namespace.clone(),
-        force_write: status.observed_generation != jsk.metadata.generation,
     };
 
     let timing = match jsk.spec.timing() {
@@ -277,7 +275,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         resources::secret_data_matches(s, &desired_secret)
             && resources::is_in_sync(&s.metadata, &desired_secret.metadata)
     });
-    if run.force_write || !secret_in_sync {
+    if !secret_in_sync {
         secrets
             .patch(
                 &secret_name,
@@ -484,8 +482,6 @@ struct Publisher<'a> {
     home: Option<ConfigMap>,
     copies: BTreeMap<String, Option<ConfigMap>>,
     foreign: Vec<String>,
-    /// Whether this reconcile already wrote the ConfigMaps (a forced write is needed only once).
-    written: bool,
 }
 
 impl<'a> Publisher<'a> {
@@ -533,29 +529,18 @@ impl<'a> Publisher<'a> {
             home,
             copies,
             foreign,
-            written: false,
         })
     }
 
     async fn publish(&mut self, keys: &KeySet) -> Result<()> {
         let data = resources::config_map_data(keys).map_err(Error::BuildConfigMap)?;
         let jsk = self.run.jsk;
-        let force = self.run.force_write && !self.written;
         let desired = resources::config_map(jsk, &data, None);
-        self.home = Some(
-            self.run
-                .write_config_map(self.home.take(), desired, force)
-                .await?,
-        );
+        self.home = Some(self.run.write_config_map(self.home.take(), desired).await?);
         for (ns, existing) in self.copies.iter_mut() {
             let desired = resources::config_map(jsk, &data, Some(ns));
-            *existing = Some(
-                self.run
-                    .write_config_map(existing.take(), desired, force)
-                    .await?,
-            );
+            *existing = Some(self.run.write_config_map(existing.take(), desired).await?);
         }
-        self.written = true;
         Ok(())
     }
 
@@ -660,12 +645,10 @@ impl Reconciliation<'_> {
         &self,
         existing: Option<ConfigMap>,
         desired: ConfigMap,
-        force: bool,
     ) -> Result<ConfigMap> {
         let namespace = desired.namespace().unwrap_or_default();
         let name = desired.name_any();
         if let Some(existing) = existing
-            && !force
             && existing.data == desired.data
             && resources::is_in_sync(&existing.metadata, &desired.metadata)
         {
@@ -807,6 +790,16 @@ impl Reconciliation<'_> {
             return Ok(());
         }
         let api: Api<JwtSigningKey> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        // The cached object may predate this operator's last status write: compare with the stored
+        // status before writing, so that a stale cache costs a read, not a write.
+        let stored = api
+            .get_status(&self.jsk.name_any())
+            .await
+            .map_err(Error::GetStatus)?
+            .status;
+        if stored.as_ref() == Some(&new) {
+            return Ok(());
+        }
         let patch = json!({
             "apiVersion": JwtSigningKey::api_version(&()),
             "kind": JwtSigningKey::kind(&()),
@@ -835,7 +828,6 @@ async fn cleanup(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         jsk,
         ctx,
         namespace: jsk.namespace().unwrap_or_default(),
-        force_write: false,
     };
     for copy in run.list_copies().await? {
         run.delete_copy(&copy.namespace().unwrap_or_default())

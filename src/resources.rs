@@ -29,6 +29,10 @@ pub const SOURCE_NAMESPACE_LABEL: &str = "jwtkeys.dev/source-namespace";
 /// ownerReference).
 pub const OWNER_UID_ANNOTATION: &str = "jwtkeys.dev/owner-uid";
 
+/// Annotation with the JwtSigningKey generation an object was last written for: a spec change
+/// (templates, names) rewrites the objects once, so that labels dropped from a template go too.
+pub const GENERATION_ANNOTATION: &str = "jwtkeys.dev/generation";
+
 /// Secret entry: the signing key, PKCS#8 PEM.
 pub const PRIVATE_PEM: &str = "private.pem";
 /// Secret entry: the signing key's public key, SPKI PEM.
@@ -67,6 +71,10 @@ pub fn labels(jsk: &JwtSigningKey, template: Option<&ObjectTemplate>) -> BTreeMa
 fn annotations(jsk: &JwtSigningKey, template: Option<&ObjectTemplate>) -> BTreeMap<String, String> {
     let mut annotations = template.map(|t| t.annotations.clone()).unwrap_or_default();
     annotations.insert(OWNER_UID_ANNOTATION.into(), jsk.uid().unwrap_or_default());
+    annotations.insert(
+        GENERATION_ANNOTATION.into(),
+        jsk.metadata.generation.unwrap_or_default().to_string(),
+    );
     annotations
 }
 

@@ -332,7 +332,20 @@ async fn after_downtime_the_operator_catches_up_late_never_early() {
             .unwrap();
         wait_signing_kids(&history, 2, Duration::from_secs(30)).await;
         // The first key is retired now; its removal and the next activation are planned.
-        let key = api(&ns).get("auth").await.unwrap();
+        let key = wait_status(
+            &ns,
+            "auth",
+            "the first key retired in the status",
+            REACT,
+            |k| {
+                k.status.as_ref().is_some_and(|s| {
+                    s.keys.iter().any(|k| {
+                        k.kid == first && k.state == KeyState::Retired && k.remove_after.is_some()
+                    })
+                })
+            },
+        )
+        .await;
         let status = key.status.unwrap();
         let retired = status.keys.iter().find(|k| k.kid == first).unwrap();
         let planned_removal =
