@@ -57,13 +57,7 @@ async fn sigkill_at_random_moments_never_breaks_the_invariants() {
         let mut operator = operator(&[&ns.name]);
         let spec =
             json!({"rotationInterval": "10s", "propagationDelay": "3s", "maxTokenLifetime": "4s"});
-        create(&ns, &jsk("auth", spec)).await;
-        let first = wait_ready(&ns, "auth", "True", "KeysReady")
-            .await
-            .status
-            .unwrap()
-            .active_key_id
-            .unwrap();
+        let first = create_ready(&ns, &jsk("auth", spec)).await;
 
         let deadline =
             std::time::Instant::now() + Duration::from_secs(rotations as u64 * 10 * 2 + 120);

@@ -48,13 +48,7 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
         };
         assert!(standby.logs().contains("waiting to become leader"));
 
-        create(&ns, &jsk("auth", json!({"propagationDelay": "2s"}))).await;
-        let before = wait_ready(&ns, "auth", "True", "KeysReady")
-            .await
-            .status
-            .unwrap()
-            .active_key_id
-            .unwrap();
+        let before = create_ready(&ns, &jsk("auth", json!({"propagationDelay": "2s"}))).await;
         assert!(
             !standby.logs().contains("reconciled"),
             "the standby writes nothing"
@@ -76,13 +70,7 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
         );
 
         annotate(&ns, "auth", json!({"jwtkeys.dev/rotate": "after-failover"})).await;
-        wait_status(&ns, "auth", "the new leader to rotate", REACT, |k| {
-            k.status
-                .as_ref()
-                .and_then(|s| s.active_key_id.as_ref())
-                .is_some_and(|kid| *kid != before)
-        })
-        .await;
+        wait_new_signing_key(&ns, "auth", &before).await;
     })
     .await;
 }

@@ -42,13 +42,7 @@ async fn next_key_is_published_before_it_signs_and_retired_keys_stay_for_l_plus_
         )
         .await;
         let operator = operator(&[&ns.name]);
-        create(&ns, &jsk("auth", short_spec())).await;
-        let first = wait_ready(&ns, "auth", "True", "KeysReady")
-            .await
-            .status
-            .unwrap()
-            .active_key_id
-            .unwrap();
+        let first = create_ready(&ns, &jsk("auth", short_spec())).await;
         let writes_at_start = metric_sum(&metrics(&operator).await, "jwtkeys_api_writes_total", "");
 
         // The next key shows up in the status as Next before it signs.
@@ -117,13 +111,7 @@ async fn the_rotate_annotation_publishes_a_key_now_and_it_signs_after_p() {
         )
         .await;
         let _operator = operator(&[&ns.name]);
-        create(&ns, &jsk("auth", json!({"propagationDelay": "3s"}))).await;
-        let first = wait_ready(&ns, "auth", "True", "KeysReady")
-            .await
-            .status
-            .unwrap()
-            .active_key_id
-            .unwrap();
+        let first = create_ready(&ns, &jsk("auth", json!({"propagationDelay": "3s"}))).await;
 
         annotate(&ns, "auth", json!({"jwtkeys.dev/rotate": "2026-11-28"})).await;
         let requested = Instant::now();
@@ -169,26 +157,10 @@ async fn the_revoke_annotation_drops_keys_at_once_and_a_fresh_key_signs() {
     with_temp_ns("rot-revoke", |ns| async move {
         install_crd(&ns.client).await;
         let _operator = operator(&[&ns.name]);
-        create(&ns, &jsk("auth", json!({"propagationDelay": "2s"}))).await;
-        let first = wait_ready(&ns, "auth", "True", "KeysReady")
-            .await
-            .status
-            .unwrap()
-            .active_key_id
-            .unwrap();
+        let first = create_ready(&ns, &jsk("auth", json!({"propagationDelay": "2s"}))).await;
         // Rotate once so that a retired key is published too.
         annotate(&ns, "auth", json!({"jwtkeys.dev/rotate": "1"})).await;
-        let second = wait_status(&ns, "auth", "a rotation", REACT, |k| {
-            k.status
-                .as_ref()
-                .and_then(|s| s.active_key_id.as_ref())
-                .is_some_and(|kid| *kid != first)
-        })
-        .await
-        .status
-        .unwrap()
-        .active_key_id
-        .unwrap();
+        let second = wait_new_signing_key(&ns, "auth", &first).await;
 
         annotate(
             &ns,
@@ -258,13 +230,7 @@ async fn algorithm_and_key_size_changes_apply_to_the_next_key() {
     with_temp_ns("rot-algorithm", |ns| async move {
         install_crd(&ns.client).await;
         let _operator = operator(&[&ns.name]);
-        create(&ns, &jsk("auth", json!({"propagationDelay": "2s"}))).await;
-        let first = wait_ready(&ns, "auth", "True", "KeysReady")
-            .await
-            .status
-            .unwrap()
-            .active_key_id
-            .unwrap();
+        let first = create_ready(&ns, &jsk("auth", json!({"propagationDelay": "2s"}))).await;
         api(&ns)
             .patch(
                 "auth",
@@ -323,13 +289,7 @@ async fn after_downtime_the_operator_catches_up_late_never_early() {
         )
         .await;
         let mut operator = operator(&[&ns.name]);
-        create(&ns, &jsk("auth", short_spec())).await;
-        let first = wait_ready(&ns, "auth", "True", "KeysReady")
-            .await
-            .status
-            .unwrap()
-            .active_key_id
-            .unwrap();
+        let first = create_ready(&ns, &jsk("auth", short_spec())).await;
         wait_signing_kids(&history, 2, Duration::from_secs(30)).await;
         // The first key is retired now; its removal and the next activation are planned.
         let key = wait_status(

@@ -230,13 +230,7 @@ async fn a_deleted_secret_gets_a_new_signing_key_and_the_old_key_stays_published
     with_temp_ns("jsk-secret-del", |ns| async move {
         install_crd(&ns.client).await;
         let _operator = operator(&[&ns.name]);
-        create(&ns, &jsk("auth", json!({"maxTokenLifetime": "1h"}))).await;
-        let first = wait_ready(&ns, "auth", "True", "KeysReady")
-            .await
-            .status
-            .unwrap()
-            .active_key_id
-            .unwrap();
+        let first = create_ready(&ns, &jsk("auth", json!({"maxTokenLifetime": "1h"}))).await;
 
         Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
             .delete("auth-signing-key", &DeleteParams::default())

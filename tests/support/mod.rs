@@ -44,6 +44,31 @@ pub fn api(ns: &TestNamespace) -> Api<JwtSigningKey> {
     Api::namespaced(ns.client.clone(), &ns.name)
 }
 
+/// Creates a JwtSigningKey, waits until it is Ready and returns its signing kid.
+pub async fn create_ready(ns: &TestNamespace, key: &JwtSigningKey) -> String {
+    create(ns, key).await;
+    let name = key.metadata.name.as_deref().expect("a named key");
+    let ready = wait_ready(ns, name, "True", "KeysReady").await;
+    ready
+        .status
+        .and_then(|s| s.active_key_id)
+        .expect("activeKeyId")
+}
+
+/// Waits until the status names a signing key other than `previous`, and returns it.
+pub async fn wait_new_signing_key(ns: &TestNamespace, name: &str, previous: &str) -> String {
+    let key = wait_status(ns, name, "a new signing key", REACT, |k| {
+        k.status
+            .as_ref()
+            .and_then(|s| s.active_key_id.as_deref())
+            .is_some_and(|kid| kid != previous)
+    })
+    .await;
+    key.status
+        .and_then(|s| s.active_key_id)
+        .expect("activeKeyId")
+}
+
 /// Merges `annotations` into the JwtSigningKey's metadata.
 pub async fn annotate(ns: &TestNamespace, name: &str, annotations: serde_json::Value) {
     api(ns)
