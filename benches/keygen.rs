@@ -53,6 +53,8 @@ fn main() {
                     "-out",
                     "/dev/null",
                 ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .status();
             if status.is_ok_and(|s| s.success()) {
                 theirs.push(started.elapsed().as_secs_f64() * 1000.0);
