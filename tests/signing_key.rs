@@ -24,7 +24,7 @@ use support::*;
 async fn a_new_key_gets_its_secret_config_map_status_and_events() {
     with_temp_ns("jsk-new", |ns| async move {
         install_crd(&ns.client).await;
-        let _operator = operator(&[&ns.name]);
+        let operator = operator(&[&ns.name]);
         create(&ns, &jsk("auth", json!({}))).await;
         let key = wait_ready(&ns, "auth", "True", "KeysReady").await;
         let status = key.status.clone().unwrap();
@@ -109,18 +109,30 @@ async fn a_new_key_gets_its_secret_config_map_status_and_events() {
         let (_, _, message) = wait_event(&ns, "KeyCreated").await;
         assert!(message.contains(&kid));
 
-        // I4: no private material outside the Secret.
+        // I4: no private material outside the Secret: not the PEM, not any line of its base64 body.
         let status_json = serde_json::to_string(&key.status).unwrap();
         let events = format!("{:?}", events(&ns).await);
+        let body_lines: Vec<&str> = secret["private.pem"]
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
         for (place, text) in [
             ("ConfigMap", format!("{data:?}")),
             ("status", status_json),
             ("events", events),
+            ("logs", operator.logs()),
+            ("metrics", metrics(&operator).await),
         ] {
             assert!(
                 !text.contains("PRIVATE KEY"),
                 "private key material in the {place}"
             );
+            for line in &body_lines {
+                assert!(
+                    !text.contains(line),
+                    "a line of the private key in the {place}"
+                );
+            }
         }
     })
     .await;
