@@ -833,6 +833,7 @@ async fn cleanup(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         run.delete_copy(&copy.namespace().unwrap_or_default())
             .await?;
     }
+    ctx.metrics.forget(jsk);
     Ok(Action::await_change())
 }
 
