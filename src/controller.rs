@@ -861,3 +861,60 @@ pub fn selector_matches(
     });
     by_labels && by_expressions
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selector(value: serde_json::Value) -> LabelSelector {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn namespace_selectors_follow_kubernetes_label_selector_rules() {
+        let labels: BTreeMap<String, String> = [("jwks", "auth"), ("tier", "api")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cases = [
+            (serde_json::json!({}), true),
+            (serde_json::json!({"matchLabels": {"jwks": "auth"}}), true),
+            (serde_json::json!({"matchLabels": {"jwks": "other"}}), false),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["api", "web"]}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["api"]}]}),
+                false,
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "jwks", "operator": "Exists"}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "jwks", "operator": "DoesNotExist"}]}),
+                false,
+            ),
+            (
+                serde_json::json!({"matchLabels": {"jwks": "auth"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["web"]}]}),
+                false,
+            ),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(
+                selector_matches(&selector(spec.clone()), Some(&labels)),
+                expected,
+                "{spec}"
+            );
+        }
+        assert!(!selector_matches(
+            &selector(serde_json::json!({"matchLabels": {"jwks": "auth"}})),
+            None
+        ));
+    }
+}
