@@ -47,13 +47,7 @@ async fn sigkill_at_random_moments_never_breaks_the_invariants() {
 
     with_temp_ns("crash", |ns| async move {
         install_crd(&ns.client).await;
-        let history = History::record(
-            &ns.client,
-            std::slice::from_ref(&ns.name),
-            "auth-signing-key",
-            "auth-jwks",
-        )
-        .await;
+        let history = History::of(&ns).await;
         let mut operator = operator(&[&ns.name]);
         let spec =
             json!({"rotationInterval": "10s", "propagationDelay": "3s", "maxTokenLifetime": "4s"});

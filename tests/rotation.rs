@@ -34,13 +34,7 @@ async fn wait_signing_kids(history: &History, count: usize, timeout: Duration) -
 async fn next_key_is_published_before_it_signs_and_retired_keys_stay_for_l_plus_p() {
     with_temp_ns("rot-cycle", |ns| async move {
         install_crd(&ns.client).await;
-        let history = History::record(
-            &ns.client,
-            std::slice::from_ref(&ns.name),
-            "auth-signing-key",
-            "auth-jwks",
-        )
-        .await;
+        let history = History::of(&ns).await;
         let operator = operator(&[&ns.name]);
         let first = create_ready(&ns, &jsk("auth", short_spec())).await;
         let writes_at_start = metric_sum(&metrics(&operator).await, "jwtkeys_api_writes_total", "");
@@ -103,13 +97,7 @@ async fn next_key_is_published_before_it_signs_and_retired_keys_stay_for_l_plus_
 async fn the_rotate_annotation_publishes_a_key_now_and_it_signs_after_p() {
     with_temp_ns("rot-annotation", |ns| async move {
         install_crd(&ns.client).await;
-        let history = History::record(
-            &ns.client,
-            std::slice::from_ref(&ns.name),
-            "auth-signing-key",
-            "auth-jwks",
-        )
-        .await;
+        let history = History::of(&ns).await;
         let _operator = operator(&[&ns.name]);
         let first = create_ready(&ns, &jsk("auth", json!({"propagationDelay": "3s"}))).await;
 
@@ -281,13 +269,7 @@ async fn algorithm_and_key_size_changes_apply_to_the_next_key() {
 async fn after_downtime_the_operator_catches_up_late_never_early() {
     with_temp_ns("rot-catch-up", |ns| async move {
         install_crd(&ns.client).await;
-        let history = History::record(
-            &ns.client,
-            std::slice::from_ref(&ns.name),
-            "auth-signing-key",
-            "auth-jwks",
-        )
-        .await;
+        let history = History::of(&ns).await;
         let mut operator = operator(&[&ns.name]);
         let first = create_ready(&ns, &jsk("auth", short_spec())).await;
         wait_signing_kids(&history, 2, Duration::from_secs(30)).await;

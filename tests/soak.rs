@@ -94,7 +94,7 @@ async fn no_valid_token_is_rejected_across_rotations() {
         .unwrap_or(5);
     with_temp_ns("soak", |ns| async move {
         install_crd(&ns.client).await;
-        let history = History::record(&ns.client, std::slice::from_ref(&ns.name), "auth-signing-key", "auth-jwks").await;
+        let history = History::of(&ns).await;
         let _operator = operator(&[&ns.name]);
         let spec = json!({"rotationInterval": "10s", "propagationDelay": "3s", "maxTokenLifetime": format!("{LIFETIME_SECS}s")});
         create(&ns, &jsk("auth", spec)).await;

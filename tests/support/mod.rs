@@ -225,7 +225,18 @@ pub struct History {
 }
 
 impl History {
-    /// Starts watching; returns once both watches have listed.
+    /// Records the default objects (`auth-signing-key`, `auth-jwks`) of the test namespace.
+    pub async fn of(ns: &TestNamespace) -> History {
+        History::record(
+            &ns.client,
+            std::slice::from_ref(&ns.name),
+            "auth-signing-key",
+            "auth-jwks",
+        )
+        .await
+    }
+
+    /// Starts watching; returns once every watch has listed.
     pub async fn record(
         client: &Client,
         namespaces: &[String],
@@ -233,91 +244,79 @@ impl History {
         config_map: &str,
     ) -> History {
         let history = History::default();
-        let mut started = Vec::new();
+        let mut listed = Vec::new();
         for ns in namespaces {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let versions = history.versions.clone();
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-            let selector = format!("metadata.name={secret}");
-            let namespace = ns.clone();
-            let mut tx = Some(tx);
-            tokio::spawn(async move {
-                let mut stream = std::pin::pin!(
-                    watcher(secrets, watcher::Config::default().fields(&selector))
-                        .default_backoff()
-                );
-                while let Some(Ok(event)) = stream.next().await {
-                    let (secret, deleted) = match event {
-                        watcher::Event::Apply(s) | watcher::Event::InitApply(s) => (s, false),
-                        watcher::Event::Delete(s) => (s, true),
-                        watcher::Event::InitDone => {
-                            if let Some(tx) = tx.take() {
-                                let _ = tx.send(());
-                            }
-                            continue;
-                        }
-                        watcher::Event::Init => continue,
-                    };
-                    let kid = secret
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get(resources::KID))
-                        .map(|v| String::from_utf8_lossy(&v.0).into_owned());
-                    versions.lock().unwrap().push(Version {
-                        at: Instant::now(),
-                        kind: "Secret",
-                        namespace: namespace.clone(),
-                        kids: if deleted {
-                            None
-                        } else {
-                            Some(kid.into_iter().collect())
-                        },
-                    });
-                }
-            });
-            started.push(rx);
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let versions = history.versions.clone();
-            let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-            let selector = format!("metadata.name={config_map}");
-            let namespace = ns.clone();
-            let mut tx = Some(tx);
-            tokio::spawn(async move {
-                let mut stream = std::pin::pin!(
-                    watcher(config_maps, watcher::Config::default().fields(&selector))
-                        .default_backoff()
-                );
-                while let Some(Ok(event)) = stream.next().await {
-                    let (cm, deleted) = match event {
-                        watcher::Event::Apply(c) | watcher::Event::InitApply(c) => (c, false),
-                        watcher::Event::Delete(c) => (c, true),
-                        watcher::Event::InitDone => {
-                            if let Some(tx) = tx.take() {
-                                let _ = tx.send(());
-                            }
-                            continue;
-                        }
-                        watcher::Event::Init => continue,
-                    };
-                    let kids = cm
-                        .data
+            listed.push(history.watch(
+                Api::<Secret>::namespaced(client.clone(), ns),
+                ns,
+                secret,
+                "Secret",
+                |s| {
+                    let kid = s.data.as_ref()?.get(resources::KID)?;
+                    Some(vec![String::from_utf8_lossy(&kid.0).into_owned()])
+                },
+            ));
+            listed.push(history.watch(
+                Api::<ConfigMap>::namespaced(client.clone(), ns),
+                ns,
+                config_map,
+                "ConfigMap",
+                |c| {
+                    c.data
                         .as_ref()
                         .filter(|d| d.contains_key(resources::JWKS_JSON))
-                        .map(jwks_kids);
-                    versions.lock().unwrap().push(Version {
-                        at: Instant::now(),
-                        kind: "ConfigMap",
-                        namespace: namespace.clone(),
-                        kids: if deleted { None } else { kids },
-                    });
-                }
-            });
-            started.push(rx);
+                        .map(jwks_kids)
+                },
+            ));
         }
-        for rx in started {
+        for rx in listed {
             let _ = rx.await;
         }
         history
+    }
+
+    /// Records every version of one object; the receiver fires once the initial list is done.
+    fn watch<K>(
+        &self,
+        api: Api<K>,
+        namespace: &str,
+        name: &str,
+        kind: &'static str,
+        kids: fn(&K) -> Option<Vec<String>>,
+    ) -> tokio::sync::oneshot::Receiver<()>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        let versions = self.versions.clone();
+        let namespace = namespace.to_string();
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+            while let Some(Ok(event)) = stream.next().await {
+                let kids = match event {
+                    watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                        Some(kids(&object).unwrap_or_default())
+                    }
+                    watcher::Event::Delete(_) => None,
+                    watcher::Event::InitDone => {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
+                    watcher::Event::Init => continue,
+                };
+                versions.lock().unwrap().push(Version {
+                    at: Instant::now(),
+                    kind,
+                    namespace: namespace.clone(),
+                    kids,
+                });
+            }
+        });
+        rx
     }
 
     /// Everything recorded so far, in order.
