@@ -10,6 +10,9 @@
 //! Environment: `JWKS_DIR` (default `/var/run/jwks`), `LISTEN_ADDR` (`0.0.0.0:8080`),
 //! `ISSUER` (`https://auth.example`), `AUDIENCE` (`api`), `LEEWAY_SECONDS` (`60`).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +23,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use jwt_keys::{Verifier, VerifyError};
 use serde::{Deserialize, Serialize};
+
+use common::{env_or, init_logging, shutdown_signal};
 
 /// The claims this service reads from a token.
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,28 +101,9 @@ impl IntoResponse for Unauthorized {
     }
 }
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-/// Resolves on SIGTERM (the kubelet stopping the pod) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    init_logging();
     let jwks_dir = env_or("JWKS_DIR", "/var/run/jwks");
     let leeway: u64 = env_or("LEEWAY_SECONDS", "60")
         .parse()

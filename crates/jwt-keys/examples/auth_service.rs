@@ -13,6 +13,9 @@
 //! A real auth service authenticates the caller before it issues a token; this one issues a
 //! token to anyone who asks, to keep the key handling in focus.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +25,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use jwt_keys::Signer;
 use serde::{Deserialize, Serialize};
+
+use common::{env_or, init_logging, shutdown_signal};
 
 /// What the service is configured with.
 #[derive(Debug, Clone)]
@@ -46,10 +51,6 @@ impl Settings {
             ),
         }
     }
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
 /// The claims this service puts into a token.
@@ -139,24 +140,9 @@ async fn ready(State(state): State<Arc<AppState>>) -> String {
     format!("signing with {}", state.signer.current_key().kid)
 }
 
-/// Resolves on SIGTERM (the kubelet stopping the pod) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    init_logging();
     let key_dir = env_or("KEY_DIR", "/var/run/secrets/jwt-signing-key");
     let signer = Signer::from_dir(&key_dir)?;
     let listen = env_or("LISTEN_ADDR", "0.0.0.0:8080");

@@ -7,11 +7,12 @@
 
 mod common;
 
-#[allow(dead_code)]
+// Each example is its own binary with its own `common` module; here both are compiled into one crate.
+#[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../examples/auth_service.rs"]
 mod auth_service;
 
-#[allow(dead_code)]
+#[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../examples/api_service.rs"]
 mod api_service;
 
