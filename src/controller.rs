@@ -78,6 +78,26 @@ pub enum Error {
     Finalizer(String),
 }
 
+impl Error {
+    /// The action that failed, as the `error` label of `jwtkeys_reconcile_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::GetSecret(..) => "GetSecret",
+            Error::GetConfigMap(..) => "GetConfigMap",
+            Error::ListCopies(_) => "ListCopies",
+            Error::ApplySecret(..) => "ApplySecret",
+            Error::ApplyConfigMap(..) => "ApplyConfigMap",
+            Error::DeleteConfigMap(..) => "DeleteConfigMap",
+            Error::GetStatus(_) => "GetStatus",
+            Error::ApplyStatus(_) => "ApplyStatus",
+            Error::GenerateKey(_) => "GenerateKey",
+            Error::KeyTask(_) => "KeyTask",
+            Error::BuildConfigMap(_) => "BuildConfigMap",
+            Error::Finalizer(_) => "Finalizer",
+        }
+    }
+}
+
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Shared state of the reconcilers.

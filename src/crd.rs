@@ -147,20 +147,6 @@ impl Algorithm {
             Algorithm::PS512 => "PS512",
         }
     }
-
-    /// Parses a JOSE name.
-    pub fn parse(name: &str) -> Option<Algorithm> {
-        [
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ]
-        .into_iter()
-        .find(|alg| alg.as_str() == name)
-    }
 }
 
 impl std::fmt::Display for Algorithm {

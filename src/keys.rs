@@ -5,7 +5,7 @@ use std::fmt;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use rsa::{
     RsaPrivateKey, RsaPublicKey,
-    pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding},
+    pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding},
     traits::PublicKeyParts,
 };
 use serde::{Deserialize, Serialize};
@@ -156,11 +156,6 @@ impl KeyPair {
     pub fn private_pem(&self) -> &str {
         &self.private_pem
     }
-}
-
-/// Parses an SPKI PEM public key.
-pub fn public_key_from_pem(pem: &str) -> Result<RsaPublicKey, Error> {
-    RsaPublicKey::from_public_key_pem(pem).map_err(|e| Error::DecodePublic(e.to_string()))
 }
 
 #[cfg(test)]

@@ -140,18 +140,12 @@ impl Metrics {
 
     /// Counts a failed reconcile.
     pub fn reconcile_error(&self, jsk: &JwtSigningKey, error: &Error) {
-        let kind = format!("{error:?}");
-        let kind = kind
-            .split(['(', ' ', '{'])
-            .next()
-            .unwrap_or("Unknown")
-            .to_string();
         let KeyLabels { namespace, name } = labels(jsk);
         self.reconcile_errors
             .get_or_create(&ErrorLabels {
                 namespace,
                 name,
-                error: kind,
+                error: error.metric_label().to_string(),
             })
             .inc();
     }
