@@ -7,6 +7,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -76,31 +78,8 @@ async fn main() {
 
 /// Mean key generation time from the operator's histogram (sum / count).
 async fn operator_metric(operator: &common::OperatorProcess) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let logs = operator.logs();
-    let Some(port) = logs
-        .lines()
-        .find(|l| l.contains("serving /metrics"))
-        .and_then(|l| l.rsplit(':').next())
-        .map(|p| p.trim().to_string())
-    else {
-        return "unknown".into();
-    };
-    let Ok(mut stream) = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await else {
-        return "unknown".into();
-    };
-    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
-    let mut body = String::new();
-    let _ = stream.read_to_string(&mut body).await;
-    let value = |name: &str| {
-        body.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let (sum, n) = (
-        value("jwtkeys_key_generation_seconds_sum"),
-        value("jwtkeys_key_generation_seconds_count"),
-    );
-    format!("mean {:.0} ms over {n} keys", sum / n * 1000.0)
+    let text = support::metrics(operator).await;
+    let sum = support::metric_sum(&text, "jwtkeys_key_generation_seconds_sum", "");
+    let count = support::metric_sum(&text, "jwtkeys_key_generation_seconds_count", "");
+    format!("mean {:.0} ms over {count} keys", sum / count * 1000.0)
 }
