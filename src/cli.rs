@@ -76,4 +76,9 @@ pub struct RunArgs {
     /// Seconds a leader holds the Lease without renewing it; standbys take over after this.
     #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
+
+    /// Extra wait before a next key starts signing, beyond propagationDelay, for clock skew between
+    /// replicas (Go duration).
+    #[arg(long, env = "ACTIVATION_MARGIN", default_value = "1s")]
+    pub activation_margin: crate::duration::GoDuration,
 }

@@ -182,7 +182,7 @@ fn default_rotation_interval() -> String {
     "720h".into()
 }
 fn default_propagation_delay() -> String {
-    "15m".into()
+    "30m".into()
 }
 fn default_max_token_lifetime() -> String {
     "24h".into()
@@ -286,7 +286,13 @@ pub struct Timing {
     pub propagation_delay: GoDuration,
     /// Longest token lifetime (L).
     pub max_token_lifetime: GoDuration,
+    /// Extra wait before a next key signs, for clock skew between replicas (not part of the spec:
+    /// the operator's `--activation-margin`).
+    pub activation_margin: GoDuration,
 }
+
+/// Default of [`Timing::activation_margin`].
+pub const DEFAULT_ACTIVATION_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A spec the schema accepted but the operator cannot act on.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -325,6 +331,7 @@ impl JwtSigningKeySpec {
             rotation_interval: parse("rotationInterval", &self.rotation_interval)?,
             propagation_delay: parse("propagationDelay", &self.propagation_delay)?,
             max_token_lifetime: parse("maxTokenLifetime", &self.max_token_lifetime)?,
+            activation_margin: GoDuration::from(DEFAULT_ACTIVATION_MARGIN),
         };
         let (r, p, l) = (
             timing.rotation_interval.as_millis(),

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod crd;
 pub mod duration;
 pub mod keys;
+pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod run;

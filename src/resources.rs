@@ -45,6 +45,8 @@ pub const ALGORITHM: &str = "algorithm";
 pub const NEXT_PRIVATE_PEM: &str = "next-private.pem";
 /// Secret entry (operator state): the next key's kid.
 pub const NEXT_KID: &str = "next-kid";
+/// Secret entry (operator state): a generated key saved before it is published everywhere, PKCS#8 PEM.
+pub const PENDING_PRIVATE_PEM: &str = "pending-private.pem";
 /// Secret entry (operator state): every published key's public JWK and schedule, revoked kids.
 /// Holds no private material.
 pub const STATE_JSON: &str = "state.json";
@@ -58,6 +60,8 @@ pub struct PrivateKeys {
     pub active: Option<KeyPair>,
     /// The next key.
     pub next: Option<KeyPair>,
+    /// A generated key not yet published everywhere.
+    pub pending: Option<KeyPair>,
 }
 
 /// Labels every object of this JwtSigningKey carries.
@@ -98,6 +102,9 @@ pub fn secret(jsk: &JwtSigningKey, keys: &KeySet, private: &PrivateKeys) -> Secr
         put(NEXT_PRIVATE_PEM, next.private_pem());
         put(NEXT_KID, next.kid());
     }
+    if let Some(pending) = &private.pending {
+        put(PENDING_PRIVATE_PEM, pending.private_pem());
+    }
     put(
         STATE_JSON,
         &serde_json::to_string(keys).expect("the key set serializes"),
@@ -125,13 +132,22 @@ struct JwkSet<'a> {
 /// The ConfigMap data for verifiers: `jwks.json` in signing, next, retired order, and one
 /// `<kid>.pem` per key. Fails only if a stored public key is corrupt.
 pub fn config_map_data(keys: &KeySet) -> Result<BTreeMap<String, String>, crate::keys::Error> {
-    let published = keys.published_in_order();
+    let published: Vec<&Jwk> = keys
+        .published_in_order()
+        .into_iter()
+        .map(|k| &k.jwk)
+        .collect();
+    config_map_data_of(&published)
+}
+
+/// The ConfigMap data for these JWKs, in this order.
+pub fn config_map_data_of(jwks: &[&Jwk]) -> Result<BTreeMap<String, String>, crate::keys::Error> {
     let mut data = BTreeMap::new();
-    for key in &published {
-        data.insert(format!("{}.pem", key.kid()), key.jwk.public_pem()?);
+    for jwk in jwks {
+        data.insert(format!("{}.pem", jwk.kid), jwk.public_pem()?);
     }
     let set = JwkSet {
-        keys: published.iter().map(|k| &k.jwk).collect(),
+        keys: jwks.to_vec(),
     };
     data.insert(
         JWKS_JSON.into(),

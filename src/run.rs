@@ -8,6 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
@@ -23,7 +24,6 @@ use kube::{
         watcher,
     },
 };
-use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::broadcast;
 use tracing::{error, info, warn};
 
@@ -31,6 +31,7 @@ use crate::{
     cli::{LogFormat, RunArgs},
     controller::{self, Context},
     crd::JwtSigningKey,
+    leader::LeaderElector,
     metrics::Metrics,
     resources::{SIGNING_KEY_LABEL, SOURCE_NAMESPACE_LABEL},
 };
@@ -88,9 +89,18 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
     // Standbys are ready too: they serve and wait for the Lease, as controller-runtime's replicas do, so
     // that a PodDisruptionBudget counts them.
     ready.store(true, Ordering::SeqCst);
-    if args.leader_election {
-        wait_for_leadership(&client, &args, scope.as_deref()).await?;
-    }
+    let elector = match args.leader_election {
+        true => Some(Arc::new(elector(&client, &args, scope.as_deref()))),
+        false => None,
+    };
+    let fence = match &elector {
+        Some(elector) => {
+            elector.acquire().await;
+            elector.clone().keep_renewing();
+            Some(elector.fence())
+        }
+        None => None,
+    };
 
     let (namespaces, namespace_changes) = watch_namespaces(client.clone());
     // Publication targets come from this store: an empty store before the first list would look
@@ -100,9 +110,9 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot list namespaces: {e}"))?;
     info!(namespaces = ?scope, "starting controllers");
-    let context = Arc::new(Context {
-        client: client.clone(),
-        recorder: Recorder::new(
+    let context = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(
             client.clone(),
             Reporter {
                 controller: "jwt-key-operator".into(),
@@ -111,8 +121,10 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
         ),
         metrics,
         namespaces,
-        scope: scope.clone(),
-    });
+        scope.clone(),
+        fence,
+        args.activation_margin,
+    ));
     let (copies_hub, _) = broadcast::channel::<ObjectRef<JwtSigningKey>>(1024);
     let scopes: Vec<Option<String>> = match &scope {
         None => vec![None],
@@ -129,6 +141,9 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
     });
     futures::future::join_all(controllers).await;
     info!("controllers stopped");
+    if let Some(elector) = elector {
+        elector.release().await;
+    }
     Ok(())
 }
 
@@ -189,13 +204,8 @@ async fn serve_http(args: &RunArgs, health: Health) -> Result<(), String> {
     Ok(())
 }
 
-/// Blocks until this process holds the Lease; exits the process when it loses it, so that a
-/// standby takes over and this replica restarts as a standby.
-async fn wait_for_leadership(
-    client: &Client,
-    args: &RunArgs,
-    scope: Option<&[String]>,
-) -> Result<(), String> {
+/// The Lease candidate of this process.
+fn elector(client: &Client, args: &RunArgs, scope: Option<&[String]>) -> LeaderElector {
     let namespace = args
         .leader_election_namespace
         .clone()
@@ -205,37 +215,17 @@ async fn wait_for_leadership(
     let identity = std::env::var("POD_NAME")
         .ok()
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
-    let duration = args.lease_duration_seconds.max(2);
-    let manager = LeaseManagerBuilder::new(client.clone(), &args.leader_election_id)
-        .with_namespace(&namespace)
-        .with_identity(&identity)
-        .with_duration(duration)
-        .with_grace((duration / 3).max(1))
-        .build()
-        .await
-        .map_err(|e| format!("cannot set up leader election in namespace {namespace}: {e}"))?;
-    let (mut leader, task) = manager.watch().await;
     info!(
         lease = args.leader_election_id,
         namespace, identity, "waiting to become leader"
     );
-    while !*leader.borrow_and_update() {
-        leader
-            .changed()
-            .await
-            .map_err(|_| "leader election stopped".to_string())?;
-    }
-    info!(identity, "became leader");
-    tokio::spawn(async move {
-        let _task = task;
-        loop {
-            if leader.changed().await.is_err() || !*leader.borrow() {
-                error!("lost leadership; exiting so that another replica takes over");
-                std::process::exit(1);
-            }
-        }
-    });
-    Ok(())
+    LeaderElector::new(
+        client.clone(),
+        &namespace,
+        &args.leader_election_id,
+        &identity,
+        Duration::from_secs(args.lease_duration_seconds.max(2)),
+    )
 }
 
 fn hostname() -> String {
@@ -253,7 +243,7 @@ fn watch_namespaces(client: Client) -> (Store<Namespace>, broadcast::Sender<()>)
         writer,
         watcher(Api::<Namespace>::all(client), watcher::Config::default()),
     )
-    .default_backoff();
+    .backoff(WatchBackoff::default());
     tokio::spawn(async move {
         let mut seen: BTreeMap<String, (Option<BTreeMap<String, String>>, bool)> = BTreeMap::new();
         let mut stream = std::pin::pin!(stream);
@@ -291,6 +281,39 @@ fn watch_namespaces(client: Client) -> (Store<Namespace>, broadcast::Sender<()>)
     (reader, changes)
 }
 
+/// Watch retry delays: from 250 ms, doubling, capped at 5 s, so that watches recover within seconds of
+/// an API server restart without hammering one that is down.
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 fn broadcast_stream<T: Clone + Send + 'static>(
     sender: &broadcast::Sender<T>,
 ) -> impl futures::Stream<Item = T> + Send + use<T> {
@@ -321,11 +344,17 @@ async fn controller_for(
             None => Api::all(client.clone()),
         }
     }
-    let controller = Controller::new(
-        api::<JwtSigningKey>(&client, &namespace),
-        watcher::Config::default().any_semantic(),
-    );
-    let store = controller.store();
+    let (store, writer) = reflector::store();
+    let keys = reflector::reflector(
+        writer,
+        watcher(
+            api::<JwtSigningKey>(&client, &namespace),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .backoff(WatchBackoff::default())
+    .applied_objects();
+    let controller = Controller::for_stream(keys, store.clone());
 
     // Secrets and ConfigMaps are matched by name, so that a conflicting object that goes away frees
     // the name at once. Only metadata is watched: the operator never caches other Secrets' data.
@@ -334,7 +363,7 @@ async fn controller_for(
         api::<PartialObjectMeta<Secret>>(&client, &namespace),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(WatchBackoff::default())
     .touched_objects();
     let config_map_store = store.clone();
     let in_scope = namespace.clone();
@@ -343,7 +372,7 @@ async fn controller_for(
         api::<PartialObjectMeta<ConfigMap>>(&client, &namespace),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(WatchBackoff::default())
     .touched_objects();
     let own_scope = namespace.clone();
     let from_hub = broadcast_stream(&copies_hub).filter(move |r| {

@@ -13,13 +13,13 @@
 //! Late is always allowed, early never: when the operator was down through a planned change, the plan
 //! makes the change now, with every later step measured from now.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    crd::{KeyState, KeyStatus, Timing},
+    crd::{KeyState, KeyStatus, MAX_PUBLISHED_KEYS, Timing},
     keys::Jwk,
 };
 
@@ -91,6 +91,24 @@ pub struct KeySet {
     /// Last `jwtkeys.dev/revoke` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_revoke: Option<String>,
+    /// When each revoked kid was revoked, so that the list can be pruned once a kid can no longer
+    /// appear.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked_at: BTreeMap<String, DateTime<Utc>>,
+    /// A generated key saved (with its private half in the Secret) before it is published
+    /// everywhere; a retry publishes this key instead of generating another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingKey>,
+}
+
+/// A key that was generated and saved, not yet confirmed published in every ConfigMap.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingKey {
+    /// The public key.
+    pub jwk: Jwk,
+    /// When it was generated.
+    pub generated_at: DateTime<Utc>,
 }
 
 /// The role of a key the plan asks the caller to generate.
@@ -146,6 +164,11 @@ impl KeySet {
         self.keys.iter().find(|k| k.is_next())
     }
 
+    /// Whether one more key may be published without exceeding [`MAX_PUBLISHED_KEYS`].
+    pub fn has_room_for_next(&self) -> bool {
+        (self.keys.len() as u64) < MAX_PUBLISHED_KEYS
+    }
+
     /// Retired keys, newest retirement first.
     pub fn retired(&self) -> Vec<&KeyRecord> {
         let mut retired: Vec<_> = self
@@ -183,7 +206,8 @@ impl KeySet {
     }
 }
 
-fn retention(timing: &Timing) -> Duration {
+/// How long a retired key stays published: L + P plus the clock margin.
+pub fn retention(timing: &Timing) -> Duration {
     timing.max_token_lifetime.as_chrono() + timing.propagation_delay.as_chrono() + CLOCK_MARGIN
 }
 
@@ -209,8 +233,11 @@ fn activation_time(
     active: &KeyRecord,
     next: &KeyRecord,
 ) -> DateTime<Utc> {
-    scheduled_retirement(timing, keys, active)
-        .max(next.published_at + timing.propagation_delay.as_chrono())
+    scheduled_retirement(timing, keys, active).max(
+        next.published_at
+            + timing.propagation_delay.as_chrono()
+            + timing.activation_margin.as_chrono(),
+    )
 }
 
 /// Plans the key set at `now`.
@@ -272,7 +299,9 @@ pub fn plan(timing: &Timing, current: &KeySet, now: DateTime<Utc>) -> Plan {
         let Some(next) = keys.next().cloned() else {
             let publish_at =
                 scheduled_retirement(timing, &keys, &active) - timing.propagation_delay.as_chrono();
-            if now >= publish_at {
+            // A next key needs room under the bound; requested rotations that would exceed it wait
+            // until retired keys are removed (retention is never cut short).
+            if now >= publish_at && keys.has_room_for_next() {
                 generate = Some(NewKey::Next);
             }
             break;
@@ -307,13 +336,15 @@ pub fn plan(timing: &Timing, current: &KeySet, now: DateTime<Utc>) -> Plan {
         let mut candidates: Vec<DateTime<Utc>> =
             keys.keys.iter().filter_map(|k| k.remove_after).collect();
         if let Some(active) = keys.active() {
-            candidates.push(match keys.next() {
-                Some(next) => activation_time(timing, &keys, active, next),
-                None => {
+            match keys.next() {
+                Some(next) => candidates.push(activation_time(timing, &keys, active, next)),
+                // Without room, the next removal (already a candidate) is when to look again.
+                None if keys.has_room_for_next() => candidates.push(
                     scheduled_retirement(timing, &keys, active)
-                        - timing.propagation_delay.as_chrono()
-                }
-            });
+                        - timing.propagation_delay.as_chrono(),
+                ),
+                None => {}
+            }
         }
         candidates.into_iter().min()
     };

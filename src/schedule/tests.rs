@@ -13,6 +13,7 @@ fn timing(r: i64, p: i64, l: i64) -> Timing {
         rotation_interval: GoDuration::from(std::time::Duration::from_secs(r as u64)),
         propagation_delay: GoDuration::from(std::time::Duration::from_secs(p as u64)),
         max_token_lifetime: GoDuration::from(std::time::Duration::from_secs(l as u64)),
+        activation_margin: GoDuration::from(std::time::Duration::ZERO),
     }
 }
 

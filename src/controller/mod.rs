@@ -1,0 +1,959 @@
+//! The reconciler, as phases that are each safe to cut at any point:
+//! 1. observe and rebuild the key state from the Secret, every owned ConfigMap and the status
+//!    (`observe`);
+//! 2. a new key is saved in the Secret before it is published, then published to every target
+//!    (`publish`); a retry reuses the saved key;
+//! 3. the Secret switches (`secret`), only once every target has held the next key for P, with
+//!    retirement stamped from the moment the write returned;
+//! 4. the ConfigMaps drop what the schedule removed, and the status and events report, naming the
+//!    namespaces whose writes failed (`report`).
+//!
+//! The decisions about time are the pure `schedule`; this module observes, asks, applies, reports.
+
+mod observe;
+mod publish;
+mod report;
+mod secret;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::ListParams,
+    runtime::{
+        controller::Action,
+        events::{EventType, Recorder},
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::Store,
+    },
+};
+use tracing::{debug, info, instrument, warn};
+
+pub use observe::{Inputs, Rebuilt, rebuild};
+pub use publish::published_jwks;
+
+use crate::{
+    crd::{JwtSigningKey, JwtSigningKeyStatus, REVOKE_ANNOTATION, ROTATE_ANNOTATION},
+    duration::GoDuration,
+    keys::{Jwk, KeyPair},
+    leader::Fence,
+    metrics::Metrics,
+    resources::{self, PrivateKeys},
+    schedule::{self, KeySet, NewKey, PendingKey, Transition},
+};
+use publish::Publisher;
+use report::Readiness;
+use secret::SecretWriter;
+
+/// Field manager for every write.
+pub const MANAGER: &str = "jwt-key-operator";
+/// Finalizer that removes ConfigMap copies in other namespaces.
+pub const FINALIZER: &str = "jwtkeys.dev/cleanup";
+
+/// First retry delay after a failed reconcile; it doubles with each failure in a row.
+pub const RETRY_BASE: Duration = Duration::from_secs(2);
+/// Longest retry delay.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// A write whose return is later than the planned instant by more than this is stamped again in the
+/// Secret's state (the retention's clock margin covers the rest).
+const STAMP_TOLERANCE: chrono::Duration = chrono::Duration::milliseconds(200);
+
+/// Why a reconcile failed. Messages never contain key material.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the Secret failed.
+    #[error("reading Secret {0}: {1}")]
+    GetSecret(String, #[source] kube::Error),
+    /// Reading a ConfigMap failed.
+    #[error("reading ConfigMap {0}: {1}")]
+    GetConfigMap(String, #[source] kube::Error),
+    /// Listing ConfigMap copies failed.
+    #[error("listing ConfigMap copies: {0}")]
+    ListCopies(#[source] kube::Error),
+    /// Writing the Secret failed.
+    #[error("writing Secret {0}: {1}")]
+    ApplySecret(String, #[source] kube::Error),
+    /// Writing a ConfigMap failed.
+    #[error("writing ConfigMap {0}: {1}")]
+    ApplyConfigMap(String, #[source] kube::Error),
+    /// Deleting a ConfigMap copy failed.
+    #[error("deleting ConfigMap copy {0}: {1}")]
+    DeleteConfigMap(String, #[source] kube::Error),
+    /// Some ConfigMap writes failed; the others went through.
+    #[error("{0}")]
+    Publish(String),
+    /// Reading the status failed.
+    #[error("reading status: {0}")]
+    GetStatus(#[source] kube::Error),
+    /// Writing the status failed.
+    #[error("writing status: {0}")]
+    ApplyStatus(#[source] kube::Error),
+    /// Generating or encoding a key failed.
+    #[error("generating key: {0}")]
+    GenerateKey(#[source] crate::keys::Error),
+    /// The key generation task died.
+    #[error("key generation task failed: {0}")]
+    KeyTask(#[source] tokio::task::JoinError),
+    /// This replica may no longer write: its Lease was not renewed within the renew deadline.
+    #[error("not writing: the leader Lease was not renewed within the renew deadline")]
+    Fenced,
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// The action that failed, as the `error` label of `jwtkeys_reconcile_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::GetSecret(..) => "GetSecret",
+            Error::GetConfigMap(..) => "GetConfigMap",
+            Error::ListCopies(_) => "ListCopies",
+            Error::ApplySecret(..) => "ApplySecret",
+            Error::ApplyConfigMap(..) => "ApplyConfigMap",
+            Error::DeleteConfigMap(..) => "DeleteConfigMap",
+            Error::Publish(_) => "PublishFailed",
+            Error::GetStatus(_) => "GetStatus",
+            Error::ApplyStatus(_) => "ApplyStatus",
+            Error::GenerateKey(_) => "GenerateKey",
+            Error::KeyTask(_) => "KeyTask",
+            Error::Fenced => "Fenced",
+            Error::Finalizer(_) => "Finalizer",
+        }
+    }
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Failures in a row of one JwtSigningKey, and until when retries wait.
+struct Retry {
+    failures: u32,
+    until: Instant,
+    fingerprint: String,
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Namespaces (for `publish.namespaceSelector`).
+    pub namespaces: Store<Namespace>,
+    /// Namespaces the operator may act in; `None` means all.
+    pub scope: Option<Vec<String>>,
+    /// With leader election: whether this replica may still write.
+    pub fence: Option<Arc<Fence>>,
+    /// Extra wait before a next key signs, for clock skew between replicas.
+    pub activation_margin: GoDuration,
+    retries: Mutex<HashMap<(String, String), Retry>>,
+}
+
+impl Context {
+    /// A context; `fence` is `None` without leader election.
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        namespaces: Store<Namespace>,
+        scope: Option<Vec<String>>,
+        fence: Option<Arc<Fence>>,
+        activation_margin: GoDuration,
+    ) -> Context {
+        Context {
+            client,
+            recorder,
+            metrics,
+            namespaces,
+            scope,
+            fence,
+            activation_margin,
+            retries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn in_scope(&self, namespace: &str) -> bool {
+        self.scope
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|n| n == namespace))
+    }
+
+    /// Fails when this replica may no longer write (checked before every write).
+    pub fn check_fence(&self) -> Result<()> {
+        match &self.fence {
+            Some(fence) if !fence.may_write() => Err(Error::Fenced),
+            _ => Ok(()),
+        }
+    }
+
+    fn retry_key(jsk: &JwtSigningKey) -> (String, String) {
+        (jsk.namespace().unwrap_or_default(), jsk.name_any())
+    }
+
+    /// What a user may change to make a retry worth trying at once.
+    fn fingerprint(jsk: &JwtSigningKey) -> String {
+        let annotations = jsk.annotations();
+        format!(
+            "{:?}/{:?}/{:?}/{}",
+            jsk.metadata.generation,
+            annotations.get(ROTATE_ANNOTATION),
+            annotations.get(REVOKE_ANNOTATION),
+            jsk.metadata.deletion_timestamp.is_some()
+        )
+    }
+
+    /// While a failed key backs off and nothing the user controls changed, how long to wait.
+    fn backing_off(&self, jsk: &JwtSigningKey) -> Option<Duration> {
+        let retries = self.retries.lock().expect("retry lock");
+        let retry = retries.get(&Self::retry_key(jsk))?;
+        let left = retry.until.checked_duration_since(Instant::now())?;
+        (retry.fingerprint == Self::fingerprint(jsk)).then_some(left)
+    }
+
+    fn succeeded(&self, jsk: &JwtSigningKey) {
+        self.retries
+            .lock()
+            .expect("retry lock")
+            .remove(&Self::retry_key(jsk));
+    }
+
+    /// Records a failure and returns the delay before the next attempt.
+    fn failed(&self, jsk: &JwtSigningKey) -> Duration {
+        let mut retries = self.retries.lock().expect("retry lock");
+        let retry = retries.entry(Self::retry_key(jsk)).or_insert(Retry {
+            failures: 0,
+            until: Instant::now(),
+            fingerprint: String::new(),
+        });
+        retry.failures = retry.failures.saturating_add(1);
+        let delay = RETRY_BASE
+            .saturating_mul(1 << (retry.failures - 1).min(16))
+            .min(RETRY_MAX);
+        retry.until = Instant::now() + delay;
+        retry.fingerprint = Self::fingerprint(jsk);
+        delay
+    }
+}
+
+/// Entry point for the controller runtime.
+#[instrument(skip(jsk, ctx), fields(namespace = jsk.namespace().unwrap_or_default(), name = jsk.name_any()))]
+pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.check_fence()?;
+    if jsk.metadata.deletion_timestamp.is_none()
+        && let Some(wait) = ctx.backing_off(&jsk)
+    {
+        debug!(?wait, "backing off after a failure");
+        return Ok(Action::requeue(wait));
+    }
+    let namespace = jsk.namespace().unwrap_or_default();
+    let api: Api<JwtSigningKey> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, jsk.clone(), |event| async {
+        match event {
+            Finalizer::Apply(jsk) => apply(&jsk, &ctx).await,
+            Finalizer::Cleanup(jsk) => cleanup(&jsk, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    if let Ok(action) = &result {
+        ctx.succeeded(&jsk);
+        info!(?action, "reconciled");
+    }
+    result
+}
+
+/// Error policy: log, count, retry with an exponential backoff (seconds up to minutes).
+pub fn error_policy(jsk: Arc<JwtSigningKey>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.failed(&jsk);
+    warn!(namespace = jsk.namespace(), name = jsk.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    ctx.metrics.reconcile_error(&jsk, error);
+    Action::requeue(delay)
+}
+
+/// Outcome of looking at an object the operator wants to write.
+pub(crate) enum Found<T> {
+    Missing,
+    Owned(T),
+    Foreign,
+}
+
+pub(crate) async fn find<K>(
+    api: &Api<K>,
+    name: &str,
+    jsk: &JwtSigningKey,
+) -> Result<Found<K>, kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(match api.get_opt(name).await? {
+        None => Found::Missing,
+        Some(obj) if resources::is_owned_by(obj.meta(), jsk) => Found::Owned(obj),
+        Some(_) => Found::Foreign,
+    })
+}
+
+pub(crate) struct Reconciliation<'a> {
+    jsk: &'a JwtSigningKey,
+    ctx: &'a Context,
+    namespace: String,
+}
+
+/// Public keys in `jwks.json` order: signing keys (newest first), next keys, the pending key,
+/// retired keys newest first. Revoked keys are left out, except `keep` (the key the Secret still
+/// signs with until it switches).
+fn publication_order(keys: &KeySet, keep: Option<&str>) -> Vec<Jwk> {
+    let mut signing: Vec<_> = keys
+        .keys
+        .iter()
+        .filter(|k| k.activated_at.is_some() && k.retired_at.is_none())
+        .collect();
+    signing.sort_by_key(|k| std::cmp::Reverse(k.activated_at));
+    let mut next: Vec<_> = keys
+        .keys
+        .iter()
+        .filter(|k| k.activated_at.is_none())
+        .collect();
+    next.sort_by_key(|k| std::cmp::Reverse(k.published_at));
+    let mut order: Vec<Jwk> = signing
+        .into_iter()
+        .chain(next)
+        .map(|k| k.jwk.clone())
+        .chain(keys.pending.iter().map(|p| p.jwk.clone()))
+        .chain(keys.retired().into_iter().map(|k| k.jwk.clone()))
+        .filter(|jwk| !keys.revoked.contains(&jwk.kid) || Some(jwk.kid.as_str()) == keep)
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    order.retain(|jwk| seen.insert(jwk.kid.clone()));
+    order
+}
+
+/// Moves the instants the plan stamped at `planned` to `returned`, when the Secret write that made
+/// them true returned. Returns whether anything moved.
+fn restamp(
+    keys: &mut KeySet,
+    planned: DateTime<Utc>,
+    returned: DateTime<Utc>,
+    retention: chrono::Duration,
+) -> bool {
+    let mut moved = false;
+    for key in keys.keys.iter_mut() {
+        if key.retired_at == Some(planned) {
+            key.retired_at = Some(returned);
+            key.remove_after = Some(
+                key.remove_after
+                    .map_or(returned + retention, |at| at.max(returned + retention)),
+            );
+            moved = true;
+        }
+        if key.activated_at == Some(planned) {
+            key.activated_at = Some(returned);
+            moved = true;
+        }
+    }
+    moved
+}
+
+fn desired_secret(
+    jsk: &JwtSigningKey,
+    keys: &KeySet,
+    private: &BTreeMap<String, KeyPair>,
+) -> Secret {
+    let private_keys = PrivateKeys {
+        active: keys.active().and_then(|k| private.get(k.kid()).cloned()),
+        next: keys.next().and_then(|k| private.get(k.kid()).cloned()),
+        pending: keys
+            .pending
+            .as_ref()
+            .and_then(|p| private.get(&p.jwk.kid).cloned()),
+    };
+    resources::secret(jsk, keys, &private_keys)
+}
+
+fn text<'s>(secret: Option<&'s Secret>, key: &str) -> Option<&'s str> {
+    secret
+        .and_then(|s| s.data.as_ref())
+        .and_then(|d| d.get(key))
+        .and_then(|v| std::str::from_utf8(&v.0).ok())
+}
+
+async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
+    let namespace = jsk.namespace().unwrap_or_default();
+    let status = jsk.status.clone().unwrap_or_default();
+    let run = Reconciliation {
+        jsk,
+        ctx,
+        namespace: namespace.clone(),
+    };
+
+    let mut timing = match jsk.spec.timing() {
+        Ok(timing) => timing,
+        Err(problem) => {
+            run.not_ready("InvalidSpec", &problem.to_string(), &status)
+                .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    timing.activation_margin = ctx.activation_margin;
+    let retention = schedule::retention(&timing);
+
+    // Observe.
+    let secret_name = jsk.secret_name();
+    let config_map_name = jsk.config_map_name();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = match find(&secrets, &secret_name, jsk).await {
+        Ok(Found::Foreign) => {
+            let message = format!(
+                "Secret {secret_name} exists and is not managed by this JwtSigningKey; it is left untouched. \
+                 Delete or rename it, or set spec.secretName."
+            );
+            run.not_ready("SecretConflict", &message, &status).await?;
+            return Ok(Action::await_change());
+        }
+        Ok(Found::Owned(secret)) => Some(secret),
+        Ok(Found::Missing) => None,
+        Err(e) => return Err(Error::GetSecret(secret_name, e)),
+    };
+    let home = match find(&config_maps, &config_map_name, jsk).await {
+        Ok(Found::Foreign) => {
+            let message = format!(
+                "ConfigMap {config_map_name} exists and is not managed by this JwtSigningKey; it is left \
+                 untouched. Delete or rename it, or set spec.configMapName."
+            );
+            run.not_ready("ConfigMapConflict", &message, &status)
+                .await?;
+            return Ok(Action::await_change());
+        }
+        Ok(Found::Owned(cm)) => Some(cm),
+        Ok(Found::Missing) => None,
+        Err(e) => return Err(Error::GetConfigMap(config_map_name, e)),
+    };
+    // The status helps rebuild the state when the Secret is gone: read it fresh, since the cached
+    // object may predate the last status write.
+    let known_status = match &secret {
+        Some(_) => status.clone(),
+        None => Api::<JwtSigningKey>::namespaced(ctx.client.clone(), &namespace)
+            .get_status(&jsk.name_any())
+            .await
+            .map_err(Error::GetStatus)?
+            .status
+            .unwrap_or_default(),
+    };
+    let targets = run.target_namespaces();
+    let copies = run.list_copies().await?;
+    let mut publisher = Publisher::new(&run, home, copies, &targets).await;
+
+    let now = Utc::now();
+    let Rebuilt {
+        mut keys,
+        mut private,
+        repairs,
+    } = rebuild(
+        &timing,
+        &Inputs {
+            state_json: text(secret.as_ref(), resources::STATE_JSON),
+            active_pem: text(secret.as_ref(), resources::PRIVATE_PEM),
+            next_pem: text(secret.as_ref(), resources::NEXT_PRIVATE_PEM),
+            pending_pem: text(secret.as_ref(), resources::PENDING_PRIVATE_PEM),
+            published: publisher.published(),
+            status: Some(&known_status),
+            algorithm: jsk.spec.algorithm,
+        },
+        now,
+    );
+    for repair in &repairs {
+        warn!(repair, "key state repaired");
+    }
+    let mut notes: Vec<(EventType, &'static str, String)> = repairs
+        .into_iter()
+        .map(|r| (EventType::Warning, "StateRepaired", r))
+        .collect();
+    take_annotations(jsk, &mut keys, &known_status, now, &mut notes);
+    let mut writer = SecretWriter::new(secrets, secret_name.clone(), secret);
+    let signing_in_secret = keys.active().map(|k| k.kid().to_string());
+
+    // New keys: saved in the Secret, then published everywhere, then part of the schedule.
+    let mut secret_error = None;
+    loop {
+        let plan = schedule::plan(&timing, &keys, Utc::now());
+        let Some(role) = plan.generate else { break };
+        let reuse = keys
+            .pending
+            .clone()
+            .filter(|p| private.contains_key(&p.jwk.kid));
+        let pending = match reuse {
+            Some(pending) => pending,
+            None => {
+                let pair = run.generate_key().await?;
+                let pending = PendingKey {
+                    jwk: pair.jwk.clone(),
+                    generated_at: Utc::now(),
+                };
+                notes.push((
+                    EventType::Normal,
+                    "KeyCreated",
+                    format!(
+                        "Generated {} key {} ({}-bit)",
+                        pair.jwk.alg,
+                        pair.kid(),
+                        jsk.spec.key_size
+                    ),
+                ));
+                private.insert(pair.kid().to_string(), pair);
+                keys.pending = Some(pending.clone());
+                if let Err(e) = writer
+                    .write(&run, desired_secret(jsk, &keys, &private))
+                    .await
+                {
+                    secret_error = Some(e);
+                    break;
+                }
+                pending
+            }
+        };
+        let everywhere = publisher
+            .publish(
+                &publication_order(&keys, signing_in_secret.as_deref()),
+                signing_in_secret.as_deref(),
+            )
+            .await;
+        // A next key waits until every target holds it; a key that must sign now (first key,
+        // revoked or lost signing key) signs once every writable target holds it.
+        if role == NewKey::Next && !everywhere {
+            break;
+        }
+        let published_at = publisher
+            .added_at(&pending.jwk.kid)
+            .unwrap_or_else(Utc::now);
+        keys.pending = None;
+        keys.add_published(pending.jwk.clone(), published_at, role);
+        notes.push((
+            EventType::Normal,
+            "KeyPublished",
+            match role {
+                NewKey::SignsNow => {
+                    format!("Key {} is published and signs at once", pending.jwk.kid)
+                }
+                NewKey::Next => format!(
+                    "Key {} is published in every ConfigMap; it signs after propagationDelay",
+                    pending.jwk.kid
+                ),
+            },
+        ));
+    }
+
+    // Every target holds every key before the Secret changes; the next key counts as published
+    // from the last write that added it anywhere, and not at all while a target lacks it.
+    if secret_error.is_none() {
+        publisher
+            .publish(
+                &publication_order(&keys, signing_in_secret.as_deref()),
+                signing_in_secret.as_deref(),
+            )
+            .await;
+    }
+    hold_next_until_everywhere(&mut keys, &publisher);
+
+    // Switch the Secret.
+    let planned = Utc::now();
+    let mut plan = schedule::plan(&timing, &keys, planned);
+    if secret_error.is_none() {
+        match writer
+            .write(&run, desired_secret(jsk, &plan.keys, &private))
+            .await
+        {
+            Ok(Some(returned)) => {
+                if restamp(&mut plan.keys, planned, returned, retention)
+                    && returned - planned > STAMP_TOLERANCE
+                    && let Err(e) = writer
+                        .write(&run, desired_secret(jsk, &plan.keys, &private))
+                        .await
+                {
+                    secret_error = Some(e);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => secret_error = Some(e),
+        }
+    }
+    if let Some(error) = secret_error {
+        for (type_, reason, note) in notes {
+            run.event(type_, reason, note).await;
+        }
+        let message = format!(
+            "Writing Secret {secret_name} failed; the keys it holds are unchanged and ConfigMaps keep \
+             every key it may sign with: {error}"
+        );
+        run.not_ready("SecretWriteFailed", &message, &status)
+            .await?;
+        return Err(error);
+    }
+    let mut keys = plan.keys.clone();
+
+    // Drop what the schedule removed, now that the Secret no longer needs it.
+    publisher
+        .publish(&publication_order(&keys, None), None)
+        .await;
+    if let Some(kid) = keys.next().map(|k| k.kid().to_string())
+        && let Some(added) = publisher.added_at(&kid)
+    {
+        if let Some(next) = keys.keys.iter_mut().find(|k| k.kid() == kid)
+            && next.published_at < added
+        {
+            next.published_at = added;
+        }
+        if let Err(error) = writer
+            .write(&run, desired_secret(jsk, &keys, &private))
+            .await
+        {
+            run.not_ready("SecretWriteFailed", &error.to_string(), &status)
+                .await?;
+            return Err(error);
+        }
+    }
+
+    // Report.
+    for transition in &plan.transitions {
+        notes.push(match transition {
+            Transition::Activated(kid) => {
+                ctx.metrics.rotation(jsk);
+                (
+                    EventType::Normal,
+                    "KeyActivated",
+                    format!("Key {kid} now signs"),
+                )
+            }
+            Transition::Retired(kid) => (
+                EventType::Normal,
+                "KeyRetired",
+                format!("Key {kid} stopped signing; it stays published for verification"),
+            ),
+            Transition::Removed(kid) => (
+                EventType::Normal,
+                "KeyRemoved",
+                format!("Key {kid} is no longer published"),
+            ),
+            Transition::Revoked(kid) => (
+                EventType::Normal,
+                "KeyRevoked",
+                format!("Key {kid} was revoked and removed from the Secret and every ConfigMap"),
+            ),
+        });
+    }
+    for (type_, reason, note) in notes {
+        info!(reason, note, "key event");
+        run.event(type_, reason, note).await;
+    }
+    let failures = publisher.failures().clone();
+    let ready = readiness(&run, &keys, &failures, publisher.conflicts());
+    if ready.status == "False" {
+        run.warn_if_new(&ready, &status).await;
+    }
+    let new_status = run.status(
+        &timing,
+        &keys,
+        publisher.published_namespaces(),
+        &ready,
+        &status,
+    );
+    run.write_status(new_status, &status).await?;
+    ctx.metrics
+        .observe_keys(jsk, &keys, schedule::next_rotation(&timing, &keys));
+    if !failures.is_empty() {
+        return Err(Error::Publish(ready.message));
+    }
+    Ok(match plan.next_change {
+        Some(at) => Action::requeue(
+            (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(20),
+        ),
+        None => Action::await_change(),
+    })
+}
+
+/// A next key that some target does not hold yet has not been published for any time at all: it
+/// counts from now, and from the write that finally adds it.
+fn hold_next_until_everywhere(keys: &mut KeySet, publisher: &Publisher<'_>) {
+    let Some(kid) = keys.next().map(|k| k.kid().to_string()) else {
+        return;
+    };
+    let since = if publisher.everywhere(&kid) {
+        publisher.added_at(&kid)
+    } else {
+        Some(Utc::now())
+    };
+    if let Some(since) = since
+        && let Some(next) = keys.keys.iter_mut().find(|k| k.kid() == kid)
+    {
+        next.published_at = next.published_at.max(since);
+    }
+}
+
+fn readiness(
+    run: &Reconciliation<'_>,
+    keys: &KeySet,
+    failures: &BTreeMap<String, String>,
+    conflicts: &[String],
+) -> Readiness {
+    let name = run.jsk.config_map_name();
+    if !failures.is_empty() {
+        let namespaces: Vec<&str> = failures.keys().map(String::as_str).collect();
+        let first = failures.values().next().cloned().unwrap_or_default();
+        return Readiness {
+            status: "False",
+            reason: "PublishFailed",
+            message: format!(
+                "Publishing ConfigMap {name} failed in namespace(s) {}; retrying with backoff. A next \
+                 key signs only once every namespace holds it. First error: {first}",
+                namespaces.join(", ")
+            ),
+        };
+    }
+    if !conflicts.is_empty() {
+        return Readiness {
+            status: "False",
+            reason: "ConfigMapConflict",
+            message: format!(
+                "ConfigMap {name} exists and is not managed by this JwtSigningKey in namespace(s) {}; \
+                 those are left untouched and get no copy",
+                conflicts.join(", ")
+            ),
+        };
+    }
+    Readiness {
+        status: "True",
+        reason: "KeysReady",
+        message: format!(
+            "{} key(s) published; key {} signs",
+            keys.keys.len(),
+            keys.active().map(|k| k.kid()).unwrap_or("-")
+        ),
+    }
+}
+
+/// Acts on new values of the rotate and revoke annotations (each value once). A value counts as
+/// handled when the state or the status says so.
+fn take_annotations(
+    jsk: &JwtSigningKey,
+    keys: &mut KeySet,
+    status: &JwtSigningKeyStatus,
+    now: DateTime<Utc>,
+    notes: &mut Vec<(EventType, &'static str, String)>,
+) {
+    let annotations = jsk.annotations();
+    if let Some(value) = annotations.get(ROTATE_ANNOTATION)
+        && keys.handled_rotate.as_ref() != Some(value)
+        && status.last_rotate_annotation.as_ref() != Some(value)
+    {
+        keys.handled_rotate = Some(value.clone());
+        keys.rotation_requested_at = Some(now);
+        notes.push((
+            EventType::Normal,
+            "RotationRequested",
+            format!("Rotation requested ({ROTATE_ANNOTATION}={value})"),
+        ));
+    }
+    if let Some(value) = annotations.get(REVOKE_ANNOTATION)
+        && keys.handled_revoke.as_ref() != Some(value)
+        && status.last_revoke_annotation.as_ref() != Some(value)
+    {
+        keys.handled_revoke = Some(value.clone());
+        for kid in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            let known = keys.keys.iter().any(|k| k.kid() == kid)
+                || keys.pending.as_ref().is_some_and(|p| p.jwk.kid == kid);
+            if !known {
+                notes.push((
+                    EventType::Warning,
+                    "RevokeUnknownKey",
+                    format!("Key {kid} is not published by this JwtSigningKey; nothing to revoke"),
+                ));
+                continue;
+            }
+            keys.revoked.insert(kid.to_string());
+            keys.revoked_at.insert(kid.to_string(), now);
+            if keys.pending.as_ref().is_some_and(|p| p.jwk.kid == kid) {
+                keys.pending = None;
+            }
+        }
+    }
+}
+
+impl Reconciliation<'_> {
+    async fn generate_key(&self) -> Result<KeyPair> {
+        let bits = self.jsk.spec.key_size as usize;
+        let algorithm = self.jsk.spec.algorithm;
+        let started = Instant::now();
+        let pair = tokio::task::spawn_blocking(move || KeyPair::generate(bits, algorithm))
+            .await
+            .map_err(Error::KeyTask)?
+            .map_err(Error::GenerateKey)?;
+        self.ctx.metrics.key_generated(bits, started.elapsed());
+        Ok(pair)
+    }
+
+    fn target_namespaces(&self) -> Vec<String> {
+        let Some(selector) = self
+            .jsk
+            .spec
+            .publish
+            .as_ref()
+            .and_then(|p| p.namespace_selector.as_ref())
+        else {
+            return Vec::new();
+        };
+        let mut targets: Vec<String> = self
+            .ctx
+            .namespaces
+            .state()
+            .iter()
+            .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+            .filter(|ns| ns.name_any() != self.namespace && self.ctx.in_scope(&ns.name_any()))
+            .filter(|ns| selector_matches(selector, ns.metadata.labels.as_ref()))
+            .map(|ns| ns.name_any())
+            .collect();
+        targets.sort();
+        targets
+    }
+
+    async fn list_copies(&self) -> Result<Vec<ConfigMap>> {
+        let selector = format!(
+            "{}={},{}={}",
+            resources::SIGNING_KEY_LABEL,
+            self.jsk.name_any(),
+            resources::SOURCE_NAMESPACE_LABEL,
+            self.namespace
+        );
+        let params = ListParams::default().labels(&selector);
+        let apis: Vec<Api<ConfigMap>> = match &self.ctx.scope {
+            None => vec![Api::all(self.ctx.client.clone())],
+            Some(scope) => scope
+                .iter()
+                .filter(|ns| **ns != self.namespace)
+                .map(|ns| Api::namespaced(self.ctx.client.clone(), ns))
+                .collect(),
+        };
+        let mut copies = Vec::new();
+        for api in apis {
+            let list = api.list(&params).await.map_err(Error::ListCopies)?;
+            copies.extend(
+                list.items
+                    .into_iter()
+                    .filter(|cm| resources::is_owned_by(&cm.metadata, self.jsk)),
+            );
+        }
+        Ok(copies)
+    }
+}
+
+/// Removes the ConfigMap copies in other namespaces; objects in the JwtSigningKey's own namespace go
+/// with it through their ownerReferences.
+async fn cleanup(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
+    let run = Reconciliation {
+        jsk,
+        ctx,
+        namespace: jsk.namespace().unwrap_or_default(),
+    };
+    for copy in run.list_copies().await? {
+        run.delete_copy(&copy.namespace().unwrap_or_default())
+            .await?;
+    }
+    ctx.metrics.forget(jsk);
+    Ok(Action::await_change())
+}
+
+/// Whether labels match a LabelSelector (matchLabels and matchExpressions).
+pub fn selector_matches(
+    selector: &LabelSelector,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let empty = BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|expr| {
+        let values = expr.values.clone().unwrap_or_default();
+        match expr.operator.as_str() {
+            "In" => labels.get(&expr.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&expr.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&expr.key),
+            "DoesNotExist" => !labels.contains_key(&expr.key),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selector(value: serde_json::Value) -> LabelSelector {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn namespace_selectors_follow_kubernetes_label_selector_rules() {
+        let labels: BTreeMap<String, String> = [("jwks", "auth"), ("tier", "api")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cases = [
+            (serde_json::json!({}), true),
+            (serde_json::json!({"matchLabels": {"jwks": "auth"}}), true),
+            (serde_json::json!({"matchLabels": {"jwks": "other"}}), false),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["api", "web"]}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["api"]}]}),
+                false,
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "jwks", "operator": "Exists"}]}),
+                true,
+            ),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "jwks", "operator": "DoesNotExist"}]}),
+                false,
+            ),
+            (
+                serde_json::json!({"matchLabels": {"jwks": "auth"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["web"]}]}),
+                false,
+            ),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(
+                selector_matches(&selector(spec.clone()), Some(&labels)),
+                expected,
+                "{spec}"
+            );
+        }
+        assert!(!selector_matches(
+            &selector(serde_json::json!({"matchLabels": {"jwks": "auth"}})),
+            None
+        ));
+    }
+}

@@ -1,0 +1,341 @@
+//! Observe and rebuild: the key state is rebuilt on every reconcile from everything that records it:
+//! the Secret's `state.json` and private keys, the public keys published in every owned ConfigMap,
+//! and the status. The state is a cache, not an authority:
+//! - a kid that is published and unknown to the state is kept until at least now + L + P;
+//! - a record whose kid is not the RFC 7638 thumbprint of its `n`/`e` is dropped and rebuilt from
+//!   the private key or the published JWK of that kid, so a published JWK always matches the
+//!   private key it stands for;
+//! - the key in `private.pem` is the signing key when it is known (state, publication or status);
+//!   a state that names another signing key was rolled back or edited, and that key retires now;
+//! - instants in the future are clamped to now (late is safe, early is not).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    crd::{Algorithm, JwtSigningKeyStatus, MAX_PUBLISHED_KEYS, Timing},
+    keys::{Jwk, KeyPair, thumbprint},
+    schedule::{self, KeyRecord, KeySet, PendingKey},
+};
+
+/// What the reconciler read, for [`rebuild`].
+#[derive(Default)]
+pub struct Inputs<'a> {
+    /// The Secret's `state.json`.
+    pub state_json: Option<&'a str>,
+    /// The Secret's `private.pem`.
+    pub active_pem: Option<&'a str>,
+    /// The Secret's `next-private.pem`.
+    pub next_pem: Option<&'a str>,
+    /// The Secret's `pending-private.pem`.
+    pub pending_pem: Option<&'a str>,
+    /// Every JWK found in the ConfigMaps this key owns (home and copies).
+    pub published: Vec<Jwk>,
+    /// The last status written.
+    pub status: Option<&'a JwtSigningKeyStatus>,
+    /// The spec's algorithm, for keys no record describes.
+    pub algorithm: Algorithm,
+}
+
+/// The rebuilt state.
+pub struct Rebuilt {
+    /// The key set to plan from.
+    pub keys: KeySet,
+    /// Private halves by kid (signing, next and pending keys).
+    pub private: BTreeMap<String, KeyPair>,
+    /// What was repaired, for the log and events (never key material).
+    pub repairs: Vec<String>,
+}
+
+fn is_valid(jwk: &Jwk) -> bool {
+    jwk.kty == "RSA" && jwk.kid == thumbprint(&jwk.n, &jwk.e)
+}
+
+fn parse_time(value: Option<&str>) -> Option<DateTime<Utc>> {
+    value
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Rebuilds the key set and the private keys from the Secret, the publication and the status.
+pub fn rebuild(timing: &Timing, input: &Inputs, now: DateTime<Utc>) -> Rebuilt {
+    let retention = schedule::retention(timing);
+    let mut repairs = Vec::new();
+    let mut keys: KeySet = match input.state_json {
+        None => KeySet::default(),
+        Some(json) => serde_json::from_str(json).unwrap_or_else(|_| {
+            repairs.push(
+                "state.json does not parse; the key state was rebuilt from the Secret's keys, the \
+                 published keys and the status"
+                    .to_string(),
+            );
+            KeySet::default()
+        }),
+    };
+
+    // Records must describe the key their kid names; duplicates keep the first.
+    let mut seen = std::collections::BTreeSet::new();
+    keys.keys.retain(|record| {
+        let valid = is_valid(&record.jwk);
+        if !valid {
+            repairs.push(format!(
+                "the state's record of key {} does not match its key id; rebuilt from the key itself",
+                record.kid()
+            ));
+        }
+        valid && seen.insert(record.kid().to_string())
+    });
+    if keys.pending.as_ref().is_some_and(|p| !is_valid(&p.jwk)) {
+        keys.pending = None;
+    }
+    for record in keys.keys.iter_mut() {
+        record.published_at = record.published_at.min(now);
+        record.activated_at = record.activated_at.map(|t| t.min(now));
+        record.retired_at = record.retired_at.map(|t| t.min(now));
+    }
+    if let Some(pending) = keys.pending.as_mut() {
+        pending.generated_at = pending.generated_at.min(now);
+    }
+
+    let published: BTreeMap<String, Jwk> = input
+        .published
+        .iter()
+        .filter(|jwk| is_valid(jwk))
+        .map(|jwk| (jwk.kid.clone(), jwk.clone()))
+        .collect();
+    let status_entry = |kid: &str| {
+        input
+            .status
+            .and_then(|s| s.keys.iter().find(|entry| entry.kid == kid))
+    };
+    let status_time =
+        |kid: &str, pick: fn(&crate::crd::KeyStatus) -> Option<&str>| -> Option<DateTime<Utc>> {
+            parse_time(status_entry(kid).and_then(pick)).map(|t| t.min(now))
+        };
+    let parse_pair = |pem: Option<&str>| {
+        pem.and_then(|pem| KeyPair::from_private_pem(pem, input.algorithm).ok())
+    };
+    // A record's algorithm is the one its key was published with.
+    let jwk_for = |keys: &KeySet, pair: &KeyPair| -> Jwk {
+        keys.keys
+            .iter()
+            .find(|k| k.kid() == pair.kid())
+            .map(|k| k.jwk.clone())
+            .or_else(|| published.get(pair.kid()).cloned())
+            .or_else(|| {
+                let alg = status_entry(pair.kid()).and_then(|e| e.algorithm.clone())?;
+                Some(Jwk {
+                    alg,
+                    ..pair.jwk.clone()
+                })
+            })
+            .unwrap_or_else(|| pair.jwk.clone())
+    };
+    let mut private = BTreeMap::new();
+
+    // The signing key is the one in private.pem, when it is known to have been published.
+    let mut active_kid = None;
+    if let Some(mut pair) = parse_pair(input.active_pem) {
+        let kid = pair.kid().to_string();
+        let known = keys.keys.iter().any(|k| k.kid() == kid)
+            || published.contains_key(&kid)
+            || status_entry(&kid).is_some();
+        if known {
+            pair.jwk = jwk_for(&keys, &pair);
+            match keys.keys.iter_mut().find(|k| k.kid() == kid) {
+                Some(record) => {
+                    if record.activated_at.is_none() || record.retired_at.is_some() {
+                        repairs.push(format!(
+                            "the state did not record key {kid} as signing, but the Secret signs with \
+                             it; it is the signing key"
+                        ));
+                        record.activated_at = Some(record.activated_at.unwrap_or(now));
+                        record.retired_at = None;
+                        record.remove_after = None;
+                    }
+                }
+                None => {
+                    repairs.push(format!(
+                        "the state did not know the signing key {kid}; recovered from the Secret"
+                    ));
+                    let published_at =
+                        status_time(&kid, |e| Some(e.created_at.as_str())).unwrap_or(now);
+                    keys.keys.push(KeyRecord {
+                        jwk: pair.jwk.clone(),
+                        published_at,
+                        activated_at: Some(
+                            status_time(&kid, |e| e.activates_at.as_deref())
+                                .unwrap_or(now)
+                                .max(published_at),
+                        ),
+                        retired_at: None,
+                        remove_after: None,
+                    });
+                }
+            }
+            private.insert(kid.clone(), pair);
+            active_kid = Some(kid);
+        } else {
+            repairs.push(format!(
+                "private.pem holds key {kid}, which was never published; it is not used"
+            ));
+        }
+    }
+
+    // Keys the state says are signing but the Secret does not hold stopped signing now.
+    for record in keys.keys.iter_mut() {
+        let signing = record.activated_at.is_some() && record.retired_at.is_none();
+        if signing && Some(record.kid()) != active_kid.as_deref() {
+            repairs.push(format!(
+                "key {} no longer signs (the Secret does not hold it); it stays published for \
+                 verification",
+                record.kid()
+            ));
+            record.retired_at = Some(now);
+            record.remove_after = Some(
+                record
+                    .remove_after
+                    .map_or(now + retention, |at| at.max(now + retention)),
+            );
+        }
+    }
+
+    // The next key is the one in next-private.pem, when the state or the publication knows it.
+    if let Some(mut pair) = parse_pair(input.next_pem) {
+        let kid = pair.kid().to_string();
+        pair.jwk = jwk_for(&keys, &pair);
+        match keys.keys.iter().find(|k| k.kid() == kid) {
+            Some(record) if record.activated_at.is_none() => {
+                private.insert(kid, pair);
+            }
+            Some(_) => {}
+            None if published.contains_key(&kid) => {
+                repairs.push(format!(
+                    "the state did not know the next key {kid}; it counts as published from now"
+                ));
+                keys.keys
+                    .push(KeyRecord::published(pair.jwk.clone(), now, false));
+                private.insert(kid, pair);
+            }
+            None => {}
+        }
+    }
+    // A next key without its private half never signed: verifiers do not need it.
+    keys.keys
+        .retain(|k| k.activated_at.is_some() || private.contains_key(k.kid()));
+
+    // Without a signing key, the published next key signs now rather than a key nobody has seen.
+    if active_kid.is_none()
+        && let Some(next) = keys
+            .keys
+            .iter_mut()
+            .filter(|k| k.activated_at.is_none())
+            .max_by_key(|k| k.published_at)
+    {
+        repairs.push(format!(
+            "private.pem is missing; the published next key {} signs now",
+            next.kid()
+        ));
+        next.activated_at = Some(now);
+    }
+
+    // A pending key needs its private half; a lost state with a pending key in the Secret gets it back.
+    match (keys.pending.take(), parse_pair(input.pending_pem)) {
+        (Some(pending), Some(pair)) if pending.jwk.kid == pair.kid() => {
+            private.insert(pair.kid().to_string(), pair);
+            keys.pending = Some(pending);
+        }
+        (None, Some(pair)) if !keys.keys.iter().any(|k| k.kid() == pair.kid()) => {
+            keys.pending = Some(PendingKey {
+                jwk: pair.jwk.clone(),
+                generated_at: now,
+            });
+            private.insert(pair.kid().to_string(), pair);
+        }
+        _ => {}
+    }
+
+    // Revoked kids: the state's and the status's.
+    for kid in input.status.iter().flat_map(|s| s.revoked_key_ids.iter()) {
+        keys.revoked.insert(kid.clone());
+    }
+    for kid in keys.revoked.clone() {
+        keys.revoked_at.entry(kid).or_insert(now);
+    }
+    if keys
+        .pending
+        .as_ref()
+        .is_some_and(|p| keys.revoked.contains(&p.jwk.kid))
+    {
+        keys.pending = None;
+    }
+
+    // Published keys the state forgot stay published for a full retention from now.
+    let pending_kid = keys.pending.as_ref().map(|p| p.jwk.kid.clone());
+    for (kid, jwk) in &published {
+        let known = keys.keys.iter().any(|k| k.kid() == kid) || pending_kid.as_deref() == Some(kid);
+        if known || keys.revoked.contains(kid) {
+            continue;
+        }
+        repairs.push(format!(
+            "key {kid} is published but the state did not know it; it stays published until at \
+             least {}",
+            (now + retention).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+        let promised = parse_time(status_entry(kid).and_then(|e| e.remove_after.as_deref()));
+        keys.keys.push(KeyRecord {
+            jwk: jwk.clone(),
+            published_at: status_time(kid, |e| Some(e.created_at.as_str())).unwrap_or(now),
+            activated_at: status_time(kid, |e| e.activates_at.as_deref()),
+            retired_at: Some(now),
+            remove_after: Some(promised.map_or(now + retention, |p| p.max(now + retention))),
+        });
+    }
+    // A retired key the status knows but neither the state nor any ConfigMap does is not revived:
+    // the status cannot tell whether it was removed on schedule.
+
+    if keys.handled_rotate.is_none() {
+        keys.handled_rotate = input.status.and_then(|s| s.last_rotate_annotation.clone());
+    }
+    if keys.handled_revoke.is_none() {
+        keys.handled_revoke = input.status.and_then(|s| s.last_revoke_annotation.clone());
+    }
+    prune_revoked(&mut keys, &published, retention, now);
+    Rebuilt {
+        keys,
+        private,
+        repairs,
+    }
+}
+
+/// Keeps a revoked kid while it could still appear (published somewhere, or within a retention of
+/// its revocation), and at most [`MAX_PUBLISHED_KEYS`] of them, newest first.
+fn prune_revoked(
+    keys: &mut KeySet,
+    published: &BTreeMap<String, Jwk>,
+    retention: chrono::Duration,
+    now: DateTime<Utc>,
+) {
+    let keep: Vec<(DateTime<Utc>, String)> = {
+        let mut entries: Vec<(DateTime<Utc>, String)> = keys
+            .revoked
+            .iter()
+            .map(|kid| {
+                (
+                    keys.revoked_at.get(kid).copied().unwrap_or(now),
+                    kid.clone(),
+                )
+            })
+            .filter(|(at, kid)| published.contains_key(kid) || *at + retention > now)
+            .collect();
+        entries.sort_by(|a, b| b.cmp(a));
+        entries.truncate(MAX_PUBLISHED_KEYS as usize);
+        entries
+    };
+    keys.revoked = keep.iter().map(|(_, kid)| kid.clone()).collect();
+    keys.revoked_at = keep.into_iter().map(|(at, kid)| (kid, at)).collect();
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! Report: the status (written with server-side apply, only when it changed), the `Ready`
+//! condition, and events (published when state changes, never with key material).
+
+use chrono::DateTime;
+use chrono::Utc;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType},
+};
+use serde_json::json;
+use tracing::warn;
+
+use super::{Error, MANAGER, Reconciliation, Result};
+use crate::{
+    crd::{JwtSigningKey, JwtSigningKeyStatus, Timing},
+    schedule::{self, KeySet},
+};
+
+/// The `Ready` condition's status, reason and message.
+pub struct Readiness {
+    /// `True` or `False`.
+    pub status: &'static str,
+    /// A reason of the contract (`KeysReady`, `PublishFailed`, ...).
+    pub reason: &'static str,
+    /// What a user reads.
+    pub message: String,
+}
+
+impl Reconciliation<'_> {
+    pub(super) async fn event(&self, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&event, &self.jsk.object_ref(&()))
+            .await
+        {
+            warn!(error = %e, reason, "publishing event failed");
+        }
+    }
+
+    /// The status for this key set.
+    pub(super) fn status(
+        &self,
+        timing: &Timing,
+        keys: &KeySet,
+        published_namespaces: Vec<String>,
+        ready: &Readiness,
+        old: &JwtSigningKeyStatus,
+    ) -> JwtSigningKeyStatus {
+        let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        JwtSigningKeyStatus {
+            observed_generation: self.jsk.metadata.generation,
+            conditions: vec![self.ready_condition(ready, old)],
+            active_key_id: keys.active().map(|k| k.kid().to_string()),
+            keys: schedule::key_statuses(timing, keys),
+            last_rotation_time: keys.active().and_then(|k| k.activated_at).map(rfc3339),
+            next_rotation_time: schedule::next_rotation(timing, keys).map(rfc3339),
+            published_namespaces,
+            last_rotate_annotation: keys.handled_rotate.clone(),
+            last_revoke_annotation: keys.handled_revoke.clone(),
+            revoked_key_ids: keys.revoked.iter().cloned().collect(),
+        }
+    }
+
+    fn ready_condition(&self, ready: &Readiness, old: &JwtSigningKeyStatus) -> Condition {
+        let previous = old.conditions.iter().find(|c| c.type_ == "Ready");
+        let last_transition_time = match previous {
+            Some(c) if c.status == ready.status => c.last_transition_time.clone(),
+            _ => Time(k8s_openapi::jiff::Timestamp::now()),
+        };
+        Condition {
+            type_: "Ready".into(),
+            status: ready.status.into(),
+            reason: ready.reason.into(),
+            message: ready.message.clone(),
+            observed_generation: self.jsk.metadata.generation,
+            last_transition_time,
+        }
+    }
+
+    /// A Warning event when the `Ready=False` reason or message is new.
+    pub(super) async fn warn_if_new(&self, ready: &Readiness, old: &JwtSigningKeyStatus) {
+        let was = old.conditions.iter().find(|c| c.type_ == "Ready");
+        if was.is_none_or(|c| c.reason != ready.reason || c.message != ready.message) {
+            warn!(reason = ready.reason, message = ready.message, "not ready");
+            self.event(EventType::Warning, ready.reason, ready.message.clone())
+                .await;
+        }
+    }
+
+    /// Reports `Ready=False`, with a Warning event when the reason is new. Key state is untouched.
+    pub(super) async fn not_ready(
+        &self,
+        reason: &'static str,
+        message: &str,
+        old: &JwtSigningKeyStatus,
+    ) -> Result<()> {
+        let ready = Readiness {
+            status: "False",
+            reason,
+            message: message.to_string(),
+        };
+        self.warn_if_new(&ready, old).await;
+        let mut status = old.clone();
+        status.observed_generation = self.jsk.metadata.generation;
+        status.conditions = vec![self.ready_condition(&ready, old)];
+        self.write_status(status, old).await
+    }
+
+    pub(super) async fn write_status(
+        &self,
+        new: JwtSigningKeyStatus,
+        old: &JwtSigningKeyStatus,
+    ) -> Result<()> {
+        if new == *old {
+            return Ok(());
+        }
+        let api: Api<JwtSigningKey> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        // The cached object may predate this operator's last status write: compare with the stored
+        // status before writing, so that a stale cache costs a read, not a write.
+        let stored = api
+            .get_status(&self.jsk.name_any())
+            .await
+            .map_err(Error::GetStatus)?
+            .status;
+        if stored.as_ref() == Some(&new) {
+            return Ok(());
+        }
+        self.ctx.check_fence()?;
+        let patch = json!({
+            "apiVersion": JwtSigningKey::api_version(&()),
+            "kind": JwtSigningKey::kind(&()),
+            "status": new,
+        });
+        api.patch_status(
+            &self.jsk.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(Error::ApplyStatus)?;
+        self.ctx.metrics.api_write("status");
+        Ok(())
+    }
+}

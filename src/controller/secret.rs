@@ -1,0 +1,105 @@
+//! Switch the Secret: the only object that decides which key signs. Every write carries the
+//! `resourceVersion` this reconcile read (a missing Secret is created, and a 409 means another
+//! writer got there first), so a stale writer gets a conflict instead of overwriting; data keys
+//! another field manager added are removed, so only the operator's entries remain.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use tracing::info;
+
+use super::{Error, MANAGER, Reconciliation, Result};
+use crate::resources;
+
+/// The Secret as this reconcile knows it.
+pub struct SecretWriter {
+    api: Api<Secret>,
+    name: String,
+    current: Option<Secret>,
+}
+
+impl SecretWriter {
+    /// `current` is the owned Secret read at the start (`None` when missing).
+    pub fn new(api: Api<Secret>, name: String, current: Option<Secret>) -> SecretWriter {
+        SecretWriter { api, name, current }
+    }
+
+    /// Writes `desired` unless the stored Secret already matches. Returns when the write returned,
+    /// or `None` when nothing was written.
+    pub async fn write(
+        &mut self,
+        run: &Reconciliation<'_>,
+        mut desired: Secret,
+    ) -> Result<Option<DateTime<Utc>>> {
+        if let Some(current) = &self.current
+            && resources::secret_data_matches(current, &desired)
+            && resources::is_in_sync(&current.metadata, &desired.metadata)
+        {
+            return Ok(None);
+        }
+        run.ctx.check_fence()?;
+        let err = |e| Error::ApplySecret(self.name.clone(), e);
+        let mut written = match &self.current {
+            None => {
+                let created = self
+                    .api
+                    .create(
+                        &PostParams {
+                            field_manager: Some(MANAGER.into()),
+                            ..PostParams::default()
+                        },
+                        &desired,
+                    )
+                    .await
+                    .map_err(err)?;
+                info!(name = self.name, "created Secret");
+                created
+            }
+            Some(current) => {
+                desired.metadata.resource_version = current.resource_version();
+                let written = self
+                    .api
+                    .patch(
+                        &self.name,
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(&desired),
+                    )
+                    .await
+                    .map_err(err)?;
+                info!(name = self.name, "wrote Secret");
+                written
+            }
+        };
+        run.ctx.metrics.api_write("secret");
+        let want = desired.data.unwrap_or_default();
+        let extra: serde_json::Map<String, serde_json::Value> = written
+            .data
+            .iter()
+            .flatten()
+            .filter(|(k, _)| !want.contains_key(*k))
+            .map(|(k, _)| (k.clone(), serde_json::Value::Null))
+            .collect();
+        if !extra.is_empty() {
+            run.ctx.check_fence()?;
+            written = self
+                .api
+                .patch(
+                    &self.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({
+                        "metadata": {"resourceVersion": written.resource_version()},
+                        "data": extra,
+                    })),
+                )
+                .await
+                .map_err(err)?;
+            run.ctx.metrics.api_write("secret");
+        }
+        self.current = Some(written);
+        Ok(Some(Utc::now()))
+    }
+}

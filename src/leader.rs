@@ -1,0 +1,293 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, with fencing: the leader stops writing
+//! before any other replica can take the Lease.
+//!
+//! Timing, as client-go's leader election:
+//! - a standby takes the Lease only after it has seen the record unchanged for a whole lease
+//!   duration, measured on its own monotonic clock (no trust in other replicas' wall clocks);
+//! - the leader renews every retry period and may write only while its last successful renewal
+//!   *started* less than the renew deadline (two thirds of the lease duration) ago, on its monotonic
+//!   clock. A leader that was frozen (SIGSTOP, CPU throttling, a long pause) past the deadline finds
+//!   its fence closed when it resumes, makes no write, and exits;
+//! - every Lease write carries the `resourceVersion` it read, so two candidates cannot both win;
+//! - on shutdown the leader releases the Lease, so a rolling update does not wait a lease duration.
+//!
+//! Hand-written rather than a crate: the Lease crates at hand keep reporting "leader" from their last
+//! known state while renewals fail, which is exactly the window fencing must close.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+};
+use kube::{Api, Client, ResourceExt, api::PostParams};
+use tracing::{error, info, warn};
+
+/// Whether this replica may write: open while the last renewal that succeeded started less than the
+/// renew deadline ago.
+#[derive(Debug)]
+pub struct Fence {
+    renewed: Mutex<Option<Instant>>,
+    deadline: Duration,
+}
+
+impl Fence {
+    /// A closed fence with this renew deadline.
+    pub fn new(deadline: Duration) -> Fence {
+        Fence {
+            renewed: Mutex::new(None),
+            deadline,
+        }
+    }
+
+    /// Whether a write may start now.
+    pub fn may_write(&self) -> bool {
+        self.renewed
+            .lock()
+            .expect("fence lock")
+            .is_some_and(|at| at.elapsed() < self.deadline)
+    }
+
+    fn renewed_at(&self, started: Instant) {
+        let mut renewed = self.renewed.lock().expect("fence lock");
+        *renewed = Some(renewed.map_or(started, |at| at.max(started)));
+    }
+
+    fn close(&self) {
+        *self.renewed.lock().expect("fence lock") = None;
+    }
+}
+
+/// One candidate for the Lease.
+pub struct LeaderElector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+    retry_period: Duration,
+    fence: Arc<Fence>,
+}
+
+fn now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(e) if e.code == 409)
+}
+
+impl LeaderElector {
+    /// A candidate for Lease `name` in `namespace`. The renew deadline is two thirds of `duration`,
+    /// the retry period two fifteenths (15 s, 10 s and 2 s by default, as client-go's).
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> LeaderElector {
+        LeaderElector {
+            api: Api::namespaced(client, namespace),
+            name: name.to_string(),
+            identity: identity.to_string(),
+            duration,
+            retry_period: (duration * 2 / 15).max(Duration::from_millis(100)),
+            fence: Arc::new(Fence::new(duration * 2 / 3)),
+        }
+    }
+
+    /// The fence the reconcilers check before every write.
+    pub fn fence(&self) -> Arc<Fence> {
+        self.fence.clone()
+    }
+
+    /// Waits until this replica holds the Lease. API errors are retried.
+    pub async fn acquire(&self) {
+        let mut observed: Option<(String, Instant)> = None;
+        loop {
+            let started = Instant::now();
+            match self.try_acquire(&mut observed).await {
+                Ok(true) => {
+                    self.fence.renewed_at(started);
+                    info!(lease = self.name, identity = self.identity, "became leader");
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, lease = self.name, "leader election: cannot read or take the Lease")
+                }
+            }
+            tokio::time::sleep(self.retry_period).await;
+        }
+    }
+
+    fn spec(&self, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.duration.as_secs().max(1) as i32),
+            acquire_time: Some(now()),
+            renew_time: Some(now()),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    async fn try_acquire(
+        &self,
+        observed: &mut Option<(String, Instant)>,
+    ) -> Result<bool, kube::Error> {
+        let Some(lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(self.spec(0)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_conflict(&e) => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let version = lease.resource_version().unwrap_or_default();
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        if observed.as_ref().is_none_or(|(seen, _)| *seen != version) {
+            *observed = Some((version.clone(), Instant::now()));
+        }
+        let unchanged_for = observed
+            .as_ref()
+            .map(|(_, at)| at.elapsed())
+            .unwrap_or_default();
+        let their_duration = spec
+            .lease_duration_seconds
+            .map(|s| Duration::from_secs(s.max(0) as u64))
+            .unwrap_or(self.duration);
+        let free = holder.is_none() || holder.as_deref() == Some(&self.identity);
+        if !free && unchanged_for < their_duration {
+            return Ok(false);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0)
+            + i32::from(holder.as_deref() != Some(&self.identity));
+        let mut taken = lease;
+        taken.spec = Some(self.spec(transitions));
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &taken)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Renews the Lease. `Ok(false)` when another replica holds it.
+    async fn renew(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(false);
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(&self.identity) {
+            return Ok(false);
+        }
+        spec.renew_time = Some(now());
+        spec.lease_duration_seconds = Some(self.duration.as_secs().max(1) as i32);
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| true)
+    }
+
+    /// Renews the Lease until the process ends. Exits the process (status 1) when the Lease is lost
+    /// or was not renewed within the renew deadline, so that this replica restarts as a standby.
+    pub fn keep_renewing(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(self.retry_period).await;
+                if !self.fence.may_write() {
+                    error!(
+                        lease = self.name,
+                        "the Lease was not renewed within the renew deadline; exiting so that another \
+                         replica takes over"
+                    );
+                    std::process::exit(1);
+                }
+                let started = Instant::now();
+                match tokio::time::timeout(
+                    self.retry_period.max(Duration::from_secs(1)),
+                    self.renew(),
+                )
+                .await
+                {
+                    Ok(Ok(true)) => self.fence.renewed_at(started),
+                    Ok(Ok(false)) => {
+                        self.fence.close();
+                        error!(
+                            lease = self.name,
+                            "lost the Lease to another replica; exiting"
+                        );
+                        std::process::exit(1);
+                    }
+                    Ok(Err(e)) => warn!(error = %e, lease = self.name, "renewing the Lease failed"),
+                    Err(_) => warn!(lease = self.name, "renewing the Lease timed out"),
+                }
+            }
+        })
+    }
+
+    /// Stops writing and hands the Lease back, so that a standby takes over at once.
+    pub async fn release(&self) {
+        self.fence.close();
+        let result = async {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+                return Ok(());
+            };
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            if spec.holder_identity.as_deref() != Some(&self.identity) {
+                return Ok(());
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(now());
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        }
+        .await;
+        match result {
+            Ok(()) => info!(lease = self.name, "released the Lease"),
+            Err(e) => warn!(error = %e, lease = self.name, "releasing the Lease failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_is_closed_until_renewed_and_closes_after_the_deadline() {
+        let fence = Fence::new(Duration::from_millis(50));
+        assert!(!fence.may_write());
+        fence.renewed_at(Instant::now());
+        assert!(fence.may_write());
+        fence.renewed_at(Instant::now() - Duration::from_millis(60));
+        assert!(
+            fence.may_write(),
+            "an older renewal never moves the fence back"
+        );
+        fence.close();
+        assert!(!fence.may_write());
+        fence.renewed_at(Instant::now() - Duration::from_millis(60));
+        assert!(
+            !fence.may_write(),
+            "a renewal that started past the deadline does not open it"
+        );
+    }
+}
