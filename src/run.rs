@@ -97,6 +97,7 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
         Some(elector) => {
             elector.acquire().await;
             elector.clone().keep_renewing();
+            release_on_signal(elector.clone());
             Some(elector.fence())
         }
         None => None,
@@ -202,6 +203,28 @@ async fn serve_http(args: &RunArgs, health: Health) -> Result<(), String> {
         }
     });
     Ok(())
+}
+
+/// On SIGTERM or SIGINT, the leader closes its fence (no write starts after that), hands the Lease
+/// back so that a standby takes over at once, and exits.
+fn release_on_signal(elector: Arc<LeaderElector>) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(term) => term,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; the Lease will expire instead of being released");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        elector.release().await;
+        std::process::exit(0);
+    });
 }
 
 /// The Lease candidate of this process.

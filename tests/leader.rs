@@ -74,3 +74,102 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
     })
     .await;
 }
+
+fn signal(operator: &OperatorProcess, name: &str) {
+    let pid = operator.pid().expect("the replica runs");
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+#[tokio::test]
+async fn a_leader_frozen_past_its_lease_makes_no_write_when_it_resumes() {
+    with_temp_ns("leader-frozen", |ns| async move {
+        install_crd(&ns.client).await;
+        let mut first = replica(&ns.name);
+        let mut second = replica(&ns.name);
+        wait_for("a leader", REACT, || async {
+            (leads(&first) || leads(&second)).then_some(())
+        })
+        .await;
+        let (leader, standby) = if leads(&first) {
+            (&mut first, &mut second)
+        } else {
+            (&mut second, &mut first)
+        };
+        create_ready(&ns, &jsk("auth", json!({"propagationDelay": "2s"}))).await;
+
+        // Frozen (as by CPU throttling or a long pause) while there is work to do.
+        signal(leader, "STOP");
+        let mark = leader.logs().len();
+        create(&ns, &jsk("while-frozen", json!({}))).await;
+        annotate(&ns, "auth", json!({"jwtkeys.dev/rotate": "while-frozen"})).await;
+        wait_for(
+            "the standby to take over",
+            Duration::from_secs(20),
+            || async { leads(standby).then_some(()) },
+        )
+        .await;
+        wait_ready(&ns, "while-frozen", "True", "KeysReady").await;
+
+        signal(leader, "CONT");
+        let deadline = Instant::now() + REACT;
+        while leader.is_running() {
+            assert!(Instant::now() < deadline, "the old leader did not exit");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let after = leader.logs()[mark..].to_string();
+        for line in after.lines() {
+            assert!(
+                !line.contains("reconciled")
+                    && !line.contains("wrote ")
+                    && !line.contains("created ")
+                    && !line.contains("removed ConfigMap"),
+                "the resumed old leader completed a reconcile or wrote: {line}"
+            );
+        }
+        assert!(
+            after.contains("renew deadline"),
+            "the old leader says why it stopped:\n{after}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_leader_that_is_stopped_hands_over_the_lease_at_once() {
+    with_temp_ns("leader-release", |ns| async move {
+        install_crd(&ns.client).await;
+        let mut first = replica(&ns.name);
+        let mut second = replica(&ns.name);
+        wait_for("a leader", REACT, || async {
+            (leads(&first) || leads(&second)).then_some(())
+        })
+        .await;
+        let (leader, standby) = if leads(&first) {
+            (&mut first, &mut second)
+        } else {
+            (&mut second, &mut first)
+        };
+        signal(leader, "TERM");
+        let stopped = Instant::now();
+        wait_for(
+            "the standby to take over",
+            Duration::from_secs(20),
+            || async { leads(standby).then_some(()) },
+        )
+        .await;
+        let takeover = stopped.elapsed();
+        eprintln!(
+            "figure: standby took over {takeover:.1?} after SIGTERM to the leader (lease 4s)"
+        );
+        assert!(leader.logs().contains("released the Lease"));
+        assert!(
+            takeover < Duration::from_secs(3),
+            "a released Lease is taken without waiting for it to expire ({takeover:?})"
+        );
+    })
+    .await;
+}

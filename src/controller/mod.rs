@@ -112,7 +112,39 @@ pub enum Error {
     Finalizer(String),
 }
 
+/// A kube error in one line: the API server's message and code, without the whole Status dump.
+pub(crate) fn brief(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
+    }
+}
+
 impl Error {
+    /// The error in one line, for conditions and events.
+    pub fn brief(&self) -> String {
+        match self {
+            Error::GetSecret(what, e)
+            | Error::GetConfigMap(what, e)
+            | Error::ApplySecret(what, e)
+            | Error::ApplyConfigMap(what, e)
+            | Error::DeleteConfigMap(what, e) => {
+                let action = match self {
+                    Error::GetSecret(..) => "reading Secret",
+                    Error::GetConfigMap(..) => "reading ConfigMap",
+                    Error::ApplySecret(..) => "writing Secret",
+                    Error::ApplyConfigMap(..) => "writing ConfigMap",
+                    _ => "deleting ConfigMap copy",
+                };
+                format!("{action} {what}: {}", brief(e))
+            }
+            Error::ListCopies(e) => format!("listing ConfigMap copies: {}", brief(e)),
+            Error::GetStatus(e) => format!("reading status: {}", brief(e)),
+            Error::ApplyStatus(e) => format!("writing status: {}", brief(e)),
+            other => other.to_string(),
+        }
+    }
+
     /// The action that failed, as the `error` label of `jwtkeys_reconcile_errors_total`.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -598,7 +630,8 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         }
         let message = format!(
             "Writing Secret {secret_name} failed; the keys it holds are unchanged and ConfigMaps keep \
-             every key it may sign with: {error}"
+             every key it may sign with: {}",
+            error.brief()
         );
         run.not_ready("SecretWriteFailed", &message, &status)
             .await?;
@@ -622,7 +655,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
             .write(&run, desired_secret(jsk, &keys, &private))
             .await
         {
-            run.not_ready("SecretWriteFailed", &error.to_string(), &status)
+            run.not_ready("SecretWriteFailed", &error.brief(), &status)
                 .await?;
             return Err(error);
         }

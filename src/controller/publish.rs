@@ -121,9 +121,10 @@ impl<'a> Publisher<'a> {
                     publisher.targets.insert(ns, Target { current: None });
                 }
                 Err(e) => {
-                    publisher
-                        .failed
-                        .insert(ns.clone(), format!("reading ConfigMap {name}: {e}"));
+                    publisher.failed.insert(
+                        ns.clone(),
+                        format!("reading ConfigMap {name}: {}", super::brief(&e)),
+                    );
                 }
             }
         }
@@ -134,7 +135,7 @@ impl<'a> Publisher<'a> {
             } else {
                 // No longer targeted: removed.
                 if let Err(e) = run.delete_copy(&ns).await {
-                    publisher.failed.insert(ns, e.to_string());
+                    publisher.failed.insert(ns, e.brief());
                 }
             }
         }
@@ -212,7 +213,7 @@ impl<'a> Publisher<'a> {
                 }
                 Err(e) => {
                     target.current = previous;
-                    self.failed.insert(ns, e.to_string());
+                    self.failed.insert(ns, e.brief());
                 }
             }
         }

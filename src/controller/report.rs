@@ -29,7 +29,16 @@ pub struct Readiness {
 }
 
 impl Reconciliation<'_> {
-    pub(super) async fn event(&self, type_: EventType, reason: &str, note: String) {
+    pub(super) async fn event(&self, type_: EventType, reason: &str, mut note: String) {
+        // The API server refuses notes over 1 kB.
+        if note.len() > 1000 {
+            let mut end = 1000;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+            note.push_str("...");
+        }
         let event = Event {
             type_,
             reason: reason.into(),

@@ -337,6 +337,32 @@ impl History {
         kids
     }
 
+    /// I3 for these namespaces only: at every recorded Secret version, the ConfigMap in each of them
+    /// (when it exists) holds the Secret's kid.
+    pub fn check_signing_key_published_in(&self, namespaces: &[String]) {
+        let mut current: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for v in self.versions() {
+            match v.kind {
+                "ConfigMap" => {
+                    current.insert(v.namespace.clone(), v.kids.clone().unwrap_or_default());
+                }
+                _ => {
+                    let Some(kid) = v.kids.as_ref().and_then(|k| k.first()) else {
+                        continue;
+                    };
+                    for ns in namespaces {
+                        if let Some(kids) = current.get(ns) {
+                            assert!(
+                                kids.contains(kid),
+                                "I3: the Secret signs with {kid} while the ConfigMap in {ns} holds {kids:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Checks I1-I3 on the recorded history: every signing key (except `signs_at_once`) was published
     /// in every ConfigMap at least `p` before it signed; every key that stopped signing stayed in every
     /// ConfigMap for at least `retention` after (except `revoked`); each Secret version's key is in
@@ -435,6 +461,42 @@ impl History {
             }
         }
     }
+}
+
+/// Signs a token with the Secret's `private.pem` and verifies it with the JWK of its kid from the
+/// ConfigMap's `jwks.json` in `namespace`; panics with the reason when it does not verify.
+pub async fn assert_secret_token_verifies(client: &Client, secret_ns: &str, namespace: &str) {
+    use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation, decode, encode, jwk::JwkSet};
+    let secret = secret_text(client, secret_ns, "auth-signing-key")
+        .await
+        .expect("the Secret");
+    let data = config_map_data(client, namespace, "auth-jwks")
+        .await
+        .expect("the ConfigMap");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(secret[resources::KID].clone());
+    let token = encode(
+        &header,
+        &serde_json::json!({"sub": "alice", "iat": now, "exp": now + 600}),
+        &EncodingKey::from_rsa_pem(secret[resources::PRIVATE_PEM].as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let jwks: JwkSet = serde_json::from_str(&data[resources::JWKS_JSON]).unwrap();
+    let jwk = jwks
+        .find(&secret[resources::KID])
+        .unwrap_or_else(|| panic!("the signing kid is not published in {namespace}"));
+    decode::<serde_json::Value>(
+        &token,
+        &DecodingKey::from_jwk(jwk).unwrap(),
+        &Validation::new(jsonwebtoken::Algorithm::RS256),
+    )
+    .unwrap_or_else(|e| {
+        panic!("a token signed with the Secret does not verify in {namespace}: {e}")
+    });
 }
 
 /// Starts an operator for the test namespace (and extra namespaces).

@@ -302,7 +302,9 @@ fn the_revoked_list_is_bounded_and_forgets_kids_that_can_no_longer_appear() {
     for i in 0..70 {
         let kid = format!("recent-{i}");
         state.revoked.insert(kid.clone());
-        state.revoked_at.insert(kid, now() - Duration::milliseconds(i));
+        state
+            .revoked_at
+            .insert(kid, now() - Duration::milliseconds(i));
     }
     let rebuilt = scene.rebuild(&serde_json::to_string(&state).unwrap());
     let revoked = &rebuilt.keys.revoked;
