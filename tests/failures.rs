@@ -167,7 +167,7 @@ async fn a_revocation_switches_the_secret_even_when_a_copy_cannot_be_written() {
             .unwrap();
         assert_eq!(
             jwks_kids(&home),
-            [fresh.clone()],
+            std::slice::from_ref(&fresh),
             "the home ConfigMap holds the new key only"
         );
         // Retries back off and reuse the state: no key-generation storm.
@@ -262,7 +262,7 @@ async fn a_scheduled_rotation_waits_until_every_copy_holds_the_next_key() {
             Duration::from_secs(3),
             Duration::from_secs(8),
             Duration::from_millis(300),
-            &[first.clone()],
+            std::slice::from_ref(&first),
             &[],
         );
         history.check_signing_key_published_in(&both);
