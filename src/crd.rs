@@ -16,6 +16,20 @@ pub const GROUP: &str = "jwtkeys.dev";
 pub const ROTATE_ANNOTATION: &str = "jwtkeys.dev/rotate";
 /// Annotation that revokes keys by kid (comma separated); each new value acts once.
 pub const REVOKE_ANNOTATION: &str = "jwtkeys.dev/revoke";
+/// Namespace annotation: the keys a namespace accepts copies from, comma-separated
+/// `<namespace>/<name>` or `<namespace>/*`.
+pub const ACCEPT_FROM_ANNOTATION: &str = "jwtkeys.dev/accept-from";
+
+/// Whether a namespace's `jwtkeys.dev/accept-from` value accepts copies of key `namespace/name`.
+pub fn accepts(accept_from: Option<&str>, namespace: &str, name: &str) -> bool {
+    accept_from.is_some_and(|value| {
+        value.split(',').map(str::trim).any(|entry| {
+            entry
+                .split_once('/')
+                .is_some_and(|(ns, key)| ns == namespace && (key == "*" || key == name))
+        })
+    })
+}
 
 /// Go-style duration: a sequence of decimal numbers with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`),
 /// such as `720h`, `15m` or `1h30m`.
@@ -213,6 +227,10 @@ pub struct JwtSigningKeyStatus {
     /// Namespaces, besides this one, that hold a copy of the ConfigMap.
     #[serde(default)]
     pub published_namespaces: Vec<String>,
+    /// Namespaces the selector matches that do not accept copies of this key (their
+    /// `jwtkeys.dev/accept-from` annotation does not name it); nothing is written there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unaccepted_namespaces: Vec<String>,
     /// Last value of the `jwtkeys.dev/rotate` annotation that was acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotate_annotation: Option<String>,
@@ -416,4 +434,27 @@ pub fn crd_yaml() -> String {
         String::from("# Generated from the Rust types by `jwt-key-operator crd`. Do not edit.\n");
     yaml.push_str(&serde_yaml::to_string(&crd).expect("the CRD serializes"));
     yaml
+}
+
+#[cfg(test)]
+mod consent_tests {
+    use super::accepts;
+
+    #[test]
+    fn a_namespace_accepts_only_the_keys_its_annotation_names() {
+        let cases = [
+            (None, false),
+            (Some(""), false),
+            (Some("auth/auth"), true),
+            (Some("auth/*"), true),
+            (Some("other/*, auth/auth"), true),
+            (Some("auth/other"), false),
+            (Some("authx/*"), false),
+            (Some("*/*"), false),
+            (Some("auth"), false),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(accepts(value, "auth", "auth"), expected, "{value:?}");
+        }
+    }
 }

@@ -30,10 +30,10 @@ use tracing::{error, info, warn};
 use crate::{
     cli::{LogFormat, RunArgs},
     controller::{self, Context},
-    crd::JwtSigningKey,
+    crd::{ACCEPT_FROM_ANNOTATION, JwtSigningKey},
     leader::LeaderElector,
     metrics::Metrics,
-    resources::{SIGNING_KEY_LABEL, SOURCE_NAMESPACE_LABEL},
+    resources::{MANAGED_BY, MANAGED_BY_LABEL, SIGNING_KEY_LABEL, SOURCE_NAMESPACE_LABEL},
 };
 
 /// Runs the operator until SIGTERM/SIGINT. Exits non-zero when it cannot start or loses leadership.
@@ -127,6 +127,7 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
         args.activation_margin,
     ));
     let (copies_hub, _) = broadcast::channel::<ObjectRef<JwtSigningKey>>(1024);
+    let (names_hub, _) = broadcast::channel::<String>(1024);
     let scopes: Vec<Option<String>> = match &scope {
         None => vec![None],
         Some(list) => list.iter().cloned().map(Some).collect(),
@@ -137,6 +138,7 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
             namespace,
             context.clone(),
             copies_hub.clone(),
+            names_hub.clone(),
             namespace_changes.clone(),
         )
     });
@@ -268,27 +270,27 @@ fn watch_namespaces(client: Client) -> (Store<Namespace>, broadcast::Sender<()>)
     )
     .backoff(WatchBackoff::default());
     tokio::spawn(async move {
-        let mut seen: BTreeMap<String, (Option<BTreeMap<String, String>>, bool)> = BTreeMap::new();
+        // What publication depends on: labels (selectors), consent, and whether it is terminating.
+        type Seen = (Option<BTreeMap<String, String>>, Option<String>, bool);
+        let looks = |ns: &Namespace| -> Seen {
+            (
+                ns.metadata.labels.clone(),
+                ns.annotations().get(ACCEPT_FROM_ANNOTATION).cloned(),
+                ns.metadata.deletion_timestamp.is_some(),
+            )
+        };
+        let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::Apply(ns)) => {
-                    let now = (
-                        ns.metadata.labels.clone(),
-                        ns.metadata.deletion_timestamp.is_some(),
-                    );
+                    let now = looks(&ns);
                     if seen.insert(ns.name_any(), now.clone()).as_ref() != Some(&now) {
                         let _ = sender.send(());
                     }
                 }
                 Ok(watcher::Event::InitApply(ns)) => {
-                    seen.insert(
-                        ns.name_any(),
-                        (
-                            ns.metadata.labels.clone(),
-                            ns.metadata.deletion_timestamp.is_some(),
-                        ),
-                    );
+                    seen.insert(ns.name_any(), looks(&ns));
                 }
                 Ok(watcher::Event::Delete(ns)) => {
                     seen.remove(&ns.name_any());
@@ -356,6 +358,7 @@ async fn controller_for(
     namespace: Option<String>,
     context: Arc<Context>,
     copies_hub: broadcast::Sender<ObjectRef<JwtSigningKey>>,
+    names_hub: broadcast::Sender<String>,
     namespace_changes: broadcast::Sender<()>,
 ) {
     fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
@@ -398,6 +401,25 @@ async fn controller_for(
     .backoff(WatchBackoff::default())
     .touched_objects();
     let own_scope = namespace.clone();
+    // A foreign ConfigMap that changes or goes away anywhere may free the name in a target
+    // namespace: every key that publishes copies under that name looks again at once.
+    let names = names_hub.clone();
+    let names_store = store.clone();
+    let freed_names = broadcast_stream(&names_hub).flat_map(move |name| {
+        let refs: Vec<ObjectRef<JwtSigningKey>> = names_store
+            .state()
+            .into_iter()
+            .filter(|j| {
+                j.config_map_name() == name
+                    && j.spec
+                        .publish
+                        .as_ref()
+                        .is_some_and(|p| p.namespace_selector.is_some())
+            })
+            .map(|j| ObjectRef::from_obj(&*j))
+            .collect();
+        stream::iter(refs)
+    });
     let from_hub = broadcast_stream(&copies_hub).filter(move |r| {
         futures::future::ready(
             own_scope
@@ -425,6 +447,9 @@ async fn controller_for(
                 .map(|j| ObjectRef::from_obj(&*j))
                 .collect();
             let labels = cm.labels();
+            if labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY) {
+                let _ = names.send(name.clone());
+            }
             if let (Some(source_ns), Some(source)) = (
                 labels.get(SOURCE_NAMESPACE_LABEL),
                 labels.get(SIGNING_KEY_LABEL),
@@ -439,6 +464,7 @@ async fn controller_for(
             refs
         })
         .reconcile_on(from_hub)
+        .reconcile_on(freed_names)
         .reconcile_all_on(broadcast_stream(&namespace_changes))
         .shutdown_on_signal()
         .run(controller::reconcile, controller::error_policy, context)

@@ -954,6 +954,7 @@ async fn the_chart_identity_with_cluster_wide_rbac_creates_publishes_and_rotates
         install_crd(&ns.client).await;
         let label = common::random_suffix(8);
         let publish_ns = ns.extra("pub", &[("jwks", &label)]).await;
+        support::accept_from(&ns.client, &publish_ns, Some(&format!("{}/*", ns.name))).await;
         let started = Instant::now();
         let release = Release::install(&ns, &[]);
         eprintln!(
@@ -992,6 +993,7 @@ async fn the_chart_identity_with_watch_namespaces_creates_publishes_and_rotates_
         install_crd(&ns.client).await;
         let label = common::random_suffix(8);
         let publish_ns = ns.extra("pub", &[("jwks", &label)]).await;
+        support::accept_from(&ns.client, &publish_ns, Some(&format!("{}/*", ns.name))).await;
         let started = Instant::now();
         let release = Release::install(
             &ns,

@@ -134,6 +134,7 @@ async fn a_revocation_switches_the_secret_even_when_a_copy_cannot_be_written() {
     with_temp_ns("fail-revoke", |ns| async move {
         install_crd(&ns.client).await;
         let frozen = ns.extra("frozen", &[("jwks", "auth")]).await;
+        accept_from(&ns.client, &frozen, Some(&format!("{}/auth", ns.name))).await;
         let spec = json!({
             "rotationInterval": "1h", "propagationDelay": "5s", "maxTokenLifetime": "10s",
             "publish": {"namespaceSelector": {"matchLabels": {"jwks": "auth"}}},
@@ -213,6 +214,7 @@ async fn a_scheduled_rotation_waits_until_every_copy_holds_the_next_key() {
     with_temp_ns("fail-rotate", |ns| async move {
         install_crd(&ns.client).await;
         let frozen = ns.extra("frozen", &[("jwks", "auth")]).await;
+        accept_from(&ns.client, &frozen, Some(&format!("{}/auth", ns.name))).await;
         let spec = json!({
             "rotationInterval": "10s", "propagationDelay": "3s", "maxTokenLifetime": "4s",
             "publish": {"namespaceSelector": {"matchLabels": {"jwks": "auth"}}},

@@ -512,7 +512,9 @@ async fn keys_are_published_into_matching_namespaces_and_withdrawn_when_they_sto
     with_temp_ns("jsk-publish", |ns| async move {
         install_crd(&ns.client).await;
         let matching = ns.extra("a", &[("jwks", "auth")]).await;
+        accept_from(&ns.client, &matching, Some(&format!("{}/auth", ns.name))).await;
         let other = ns.extra("b", &[]).await;
+        accept_from(&ns.client, &other, Some(&format!("{}/*", ns.name))).await;
         let _operator = operator(&[&ns.name, &matching, &other]);
         create(
             &ns,

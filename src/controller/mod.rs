@@ -42,7 +42,10 @@ pub use observe::{Inputs, Rebuilt, rebuild};
 pub use publish::published_jwks;
 
 use crate::{
-    crd::{JwtSigningKey, JwtSigningKeyStatus, REVOKE_ANNOTATION, ROTATE_ANNOTATION},
+    crd::{
+        ACCEPT_FROM_ANNOTATION, JwtSigningKey, JwtSigningKeyStatus, REVOKE_ANNOTATION,
+        ROTATE_ANNOTATION, accepts,
+    },
     duration::GoDuration,
     keys::{Jwk, KeyPair},
     leader::Fence,
@@ -462,6 +465,11 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         Ok(Found::Missing) => None,
         Err(e) => return Err(Error::GetSecret(secret_name, e)),
     };
+    // After a secretName change, the keys move from the Secret under the old name.
+    let renamed_secret = match &secret {
+        Some(_) => None,
+        None => run.renamed_secret().await?,
+    };
     let home = match find(&config_maps, &config_map_name, jsk).await {
         Ok(Found::Foreign) => {
             let message = format!(
@@ -478,7 +486,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
     };
     // The status helps rebuild the state when the Secret is gone: read it fresh, since the cached
     // object may predate the last status write.
-    let known_status = match &secret {
+    let known_status = match secret.as_ref().or(renamed_secret.as_ref()) {
         Some(_) => status.clone(),
         None => Api::<JwtSigningKey>::namespaced(ctx.client.clone(), &namespace)
             .get_status(&jsk.name_any())
@@ -487,11 +495,13 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
             .status
             .unwrap_or_default(),
     };
-    let targets = run.target_namespaces();
+    let (targets, unaccepted) = run.target_namespaces();
     let copies = run.list_copies().await?;
+    let renamed_home = run.renamed_home_config_maps().await?;
     let mut publisher = Publisher::new(&run, home, copies, &targets).await;
 
     let now = Utc::now();
+    let source = secret.as_ref().or(renamed_secret.as_ref());
     let Rebuilt {
         mut keys,
         mut private,
@@ -499,10 +509,10 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
     } = rebuild(
         &timing,
         &Inputs {
-            state_json: text(secret.as_ref(), resources::STATE_JSON),
-            active_pem: text(secret.as_ref(), resources::PRIVATE_PEM),
-            next_pem: text(secret.as_ref(), resources::NEXT_PRIVATE_PEM),
-            pending_pem: text(secret.as_ref(), resources::PENDING_PRIVATE_PEM),
+            state_json: text(source, resources::STATE_JSON),
+            active_pem: text(source, resources::PRIVATE_PEM),
+            next_pem: text(source, resources::NEXT_PRIVATE_PEM),
+            pending_pem: text(source, resources::PENDING_PRIVATE_PEM),
             published: publisher.published(),
             status: Some(&known_status),
             algorithm: jsk.spec.algorithm,
@@ -661,7 +671,43 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         }
     }
 
+    // Objects under names this key no longer uses go once the current names hold the keys.
+    if publisher.failures().is_empty() {
+        for old in &renamed_home {
+            run.delete_config_map(&namespace, &old.name_any()).await?;
+        }
+        for (ns, name) in publisher.renamed() {
+            run.delete_config_map(ns, name).await?;
+        }
+    }
+    if let Some(old) = &renamed_secret
+        && writer.written()
+    {
+        run.delete_secret(&old.name_any()).await?;
+        notes.push((
+            EventType::Normal,
+            "SecretRenamed",
+            format!(
+                "The keys moved from Secret {} to {secret_name}; the old Secret was deleted",
+                old.name_any()
+            ),
+        ));
+    }
+
     // Report.
+    if unaccepted != status.unaccepted_namespaces && !unaccepted.is_empty() {
+        notes.push((
+            EventType::Normal,
+            "NamespaceNotAccepted",
+            format!(
+                "Namespace(s) {} match publish.namespaceSelector but do not accept copies of this key \
+                 (annotation {ACCEPT_FROM_ANNOTATION} naming {namespace}/{} or {namespace}/*); nothing is \
+                 written there",
+                unaccepted.join(", "),
+                jsk.name_any()
+            ),
+        ));
+    }
     for transition in &plan.transitions {
         notes.push(match transition {
             Transition::Activated(kid) => {
@@ -698,13 +744,14 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
     if ready.status == "False" {
         run.warn_if_new(&ready, &status).await;
     }
-    let new_status = run.status(
+    let mut new_status = run.status(
         &timing,
         &keys,
         publisher.published_namespaces(),
         &ready,
         &status,
     );
+    new_status.unaccepted_namespaces = unaccepted;
     run.write_status(new_status, &status).await?;
     ctx.metrics
         .observe_keys(jsk, &keys, schedule::next_rotation(&timing, &keys));
@@ -839,7 +886,9 @@ impl Reconciliation<'_> {
         Ok(pair)
     }
 
-    fn target_namespaces(&self) -> Vec<String> {
+    /// The namespaces the selector matches, split into those that accept copies of this key and
+    /// those that do not (terminating namespaces are neither).
+    fn target_namespaces(&self) -> (Vec<String>, Vec<String>) {
         let Some(selector) = self
             .jsk
             .spec
@@ -847,9 +896,10 @@ impl Reconciliation<'_> {
             .as_ref()
             .and_then(|p| p.namespace_selector.as_ref())
         else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
-        let mut targets: Vec<String> = self
+        let name = self.jsk.name_any();
+        let (mut accepted, mut unaccepted): (Vec<_>, Vec<_>) = self
             .ctx
             .namespaces
             .state()
@@ -857,10 +907,59 @@ impl Reconciliation<'_> {
             .filter(|ns| ns.metadata.deletion_timestamp.is_none())
             .filter(|ns| ns.name_any() != self.namespace && self.ctx.in_scope(&ns.name_any()))
             .filter(|ns| selector_matches(selector, ns.metadata.labels.as_ref()))
-            .map(|ns| ns.name_any())
-            .collect();
-        targets.sort();
-        targets
+            .map(|ns| {
+                let accept_from = ns
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ACCEPT_FROM_ANNOTATION))
+                    .map(String::as_str);
+                (ns.name_any(), accepts(accept_from, &self.namespace, &name))
+            })
+            .partition(|(_, accepted)| *accepted);
+        accepted.sort();
+        unaccepted.sort();
+        (
+            accepted.into_iter().map(|(ns, _)| ns).collect(),
+            unaccepted.into_iter().map(|(ns, _)| ns).collect(),
+        )
+    }
+
+    /// ConfigMaps this key owns in its own namespace under a name it no longer uses.
+    async fn renamed_home_config_maps(&self) -> Result<Vec<ConfigMap>> {
+        let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let params = ListParams::default().labels(&format!(
+            "{}={}",
+            resources::SIGNING_KEY_LABEL,
+            self.jsk.name_any()
+        ));
+        let name = self.jsk.config_map_name();
+        Ok(api
+            .list(&params)
+            .await
+            .map_err(Error::ListCopies)?
+            .items
+            .into_iter()
+            .filter(|cm| cm.name_any() != name && resources::is_owned_by(&cm.metadata, self.jsk))
+            .collect())
+    }
+
+    /// A Secret this key owns under a name it no longer uses (after a `secretName` change).
+    async fn renamed_secret(&self) -> Result<Option<Secret>> {
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let params = ListParams::default().labels(&format!(
+            "{}={}",
+            resources::SIGNING_KEY_LABEL,
+            self.jsk.name_any()
+        ));
+        let name = self.jsk.secret_name();
+        Ok(api
+            .list(&params)
+            .await
+            .map_err(|e| Error::GetSecret(format!("labelled {}", self.jsk.name_any()), e))?
+            .items
+            .into_iter()
+            .find(|s| s.name_any() != name && resources::is_owned_by(&s.metadata, self.jsk)))
     }
 
     async fn list_copies(&self) -> Result<Vec<ConfigMap>> {
@@ -902,7 +1001,7 @@ async fn cleanup(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         namespace: jsk.namespace().unwrap_or_default(),
     };
     for copy in run.list_copies().await? {
-        run.delete_copy(&copy.namespace().unwrap_or_default())
+        run.delete_config_map(&copy.namespace().unwrap_or_default(), &copy.name_any())
             .await?;
     }
     ctx.metrics.forget(jsk);

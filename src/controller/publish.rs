@@ -37,6 +37,8 @@ pub struct Publisher<'a> {
     failed: BTreeMap<String, String>,
     /// Kid -> latest instant a write returned that added it to a ConfigMap that lacked it.
     added: BTreeMap<String, DateTime<Utc>>,
+    /// Copies under a name this key no longer uses: (namespace, name).
+    renamed: Vec<(String, String)>,
 }
 
 fn kids_of(config_map: Option<&ConfigMap>) -> BTreeSet<String> {
@@ -86,14 +88,20 @@ impl<'a> Publisher<'a> {
             foreign: Vec::new(),
             failed: BTreeMap::new(),
             added: BTreeMap::new(),
+            renamed: Vec::new(),
         };
         publisher
             .targets
             .insert(run.namespace.clone(), Target { current: home });
         let name = run.jsk.config_map_name();
-        let mut existing: BTreeMap<String, ConfigMap> = copies
+        let (current, renamed): (Vec<ConfigMap>, Vec<ConfigMap>) =
+            copies.into_iter().partition(|cm| cm.name_any() == name);
+        publisher.renamed = renamed
+            .iter()
+            .map(|cm| (cm.namespace().unwrap_or_default(), cm.name_any()))
+            .collect();
+        let mut existing: BTreeMap<String, ConfigMap> = current
             .into_iter()
-            .filter(|cm| cm.name_any() == name)
             .map(|cm| (cm.namespace().unwrap_or_default(), cm))
             .collect();
         // A target namespace may hold a ConfigMap of that name that is not ours.
@@ -133,8 +141,8 @@ impl<'a> Publisher<'a> {
             if targets.contains(&ns) {
                 publisher.targets.insert(ns, Target { current: Some(cm) });
             } else {
-                // No longer targeted: removed.
-                if let Err(e) = run.delete_copy(&ns).await {
+                // No longer targeted (or no longer accepted): removed.
+                if let Err(e) = run.delete_config_map(&ns, &name).await {
                     publisher.failed.insert(ns, e.brief());
                 }
             }
@@ -229,6 +237,11 @@ impl<'a> Publisher<'a> {
             .collect()
     }
 
+    /// Copies under a name this key no longer uses, as (namespace, name).
+    pub fn renamed(&self) -> &[(String, String)] {
+        &self.renamed
+    }
+
     /// Failed namespaces with their errors.
     pub fn failures(&self) -> &BTreeMap<String, String> {
         &self.failed
@@ -241,15 +254,14 @@ impl<'a> Publisher<'a> {
 }
 
 impl Reconciliation<'_> {
-    /// Removes this key's copy from a namespace.
-    pub(super) async fn delete_copy(&self, namespace: &str) -> super::Result<()> {
+    /// Deletes a ConfigMap this key owns (a copy, or one under a former name).
+    pub(super) async fn delete_config_map(&self, namespace: &str, name: &str) -> super::Result<()> {
         self.ctx.check_fence()?;
         let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), namespace);
-        let name = self.jsk.config_map_name();
-        match api.delete(&name, &DeleteParams::default()).await {
+        match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {
                 self.ctx.metrics.api_write("configmap");
-                info!(namespace, name, "removed ConfigMap copy");
+                info!(namespace, name, "removed ConfigMap");
                 Ok(())
             }
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),

@@ -74,6 +74,7 @@ impl Reconciliation<'_> {
             last_rotation_time: keys.active().and_then(|k| k.activated_at).map(rfc3339),
             next_rotation_time: schedule::next_rotation(timing, keys).map(rfc3339),
             published_namespaces,
+            unaccepted_namespaces: old.unaccepted_namespaces.clone(),
             last_rotate_annotation: keys.handled_rotate.clone(),
             last_revoke_annotation: keys.handled_revoke.clone(),
             revoked_key_ids: keys.revoked.iter().cloned().collect(),

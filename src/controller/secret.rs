@@ -20,12 +20,40 @@ pub struct SecretWriter {
     api: Api<Secret>,
     name: String,
     current: Option<Secret>,
+    written: bool,
+}
+
+impl Reconciliation<'_> {
+    /// Deletes a Secret this key owns under a name it no longer uses.
+    pub(super) async fn delete_secret(&self, name: &str) -> Result<()> {
+        self.ctx.check_fence()?;
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        match api.delete(name, &kube::api::DeleteParams::default()).await {
+            Ok(_) => {
+                self.ctx.metrics.api_write("secret");
+                info!(name, "removed Secret under a former name");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(Error::ApplySecret(name.to_string(), e)),
+        }
+    }
 }
 
 impl SecretWriter {
     /// `current` is the owned Secret read at the start (`None` when missing).
     pub fn new(api: Api<Secret>, name: String, current: Option<Secret>) -> SecretWriter {
-        SecretWriter { api, name, current }
+        SecretWriter {
+            api,
+            name,
+            current,
+            written: false,
+        }
+    }
+
+    /// Whether the Secret exists under its name now (read or written in this reconcile).
+    pub fn written(&self) -> bool {
+        self.written || self.current.is_some()
     }
 
     /// Writes `desired` unless the stored Secret already matches. Returns when the write returned,
@@ -100,6 +128,7 @@ impl SecretWriter {
             run.ctx.metrics.api_write("secret");
         }
         self.current = Some(written);
+        self.written = true;
         Ok(Some(Utc::now()))
     }
 }

@@ -499,6 +499,21 @@ pub async fn assert_secret_token_verifies(client: &Client, secret_ns: &str, name
     });
 }
 
+/// Sets (or with `None` removes) the `jwtkeys.dev/accept-from` annotation of a namespace: the keys
+/// it accepts copies from.
+pub async fn accept_from(client: &Client, namespace: &str, value: Option<&str>) {
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            namespace,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {jwt_key_operator::crd::ACCEPT_FROM_ANNOTATION: value}}
+            })),
+        )
+        .await
+        .expect("annotating the namespace");
+}
+
 /// Starts an operator for the test namespace (and extra namespaces).
 pub fn operator(namespaces: &[&str]) -> common::OperatorProcess {
     common::OperatorProcess::start(namespaces, &[])

@@ -1,0 +1,209 @@
+//! End-to-end: tenants cannot plant keys in each other's namespaces. A copy is written only where the
+//! selector matches and the namespace accepts the key (`jwtkeys.dev/accept-from`); foreign ConfigMaps
+//! are never touched, and freeing the name gets the copy at once; renaming the ConfigMap or the
+//! Secret leaves nothing behind.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use common::{install_crd, wait_for, with_temp_ns};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn a_tenant_key_reaches_only_the_namespaces_that_accept_it() {
+    with_temp_ns("tenant", |ns| async move {
+        install_crd(&ns.client).await;
+        let victim = ns.extra("victim", &[]).await;
+        let consenting = ns.extra("consenting", &[]).await;
+        accept_from(&ns.client, &consenting, Some(&format!("{}/*", ns.name))).await;
+        let _operator = operator(&[&ns.name, &victim, &consenting]);
+        // A popular name and a selector that matches every namespace.
+        create(
+            &ns,
+            &jsk(
+                "tenant",
+                json!({"configMapName": "auth-jwks", "publish": {"namespaceSelector": {}}}),
+            ),
+        )
+        .await;
+        let key = wait_status(
+            &ns,
+            "tenant",
+            "the copy in the consenting namespace",
+            REACT,
+            |k| {
+                k.status.as_ref().is_some_and(|s| {
+                    s.published_namespaces == [consenting.clone()]
+                        && s.unaccepted_namespaces == [victim.clone()]
+                })
+            },
+        )
+        .await;
+        assert!(key.status.is_some());
+        assert!(
+            config_map_data(&ns.client, &victim, "auth-jwks")
+                .await
+                .is_none(),
+            "nothing is written where the key is not accepted"
+        );
+        let copy = config_map_data(&ns.client, &consenting, "auth-jwks")
+            .await
+            .expect("the accepted copy");
+        assert_eq!(jwks_kids(&copy).len(), 1);
+        let (_, _, note) = wait_event(&ns, "NamespaceNotAccepted").await;
+        assert!(note.contains(&victim), "{note}");
+
+        // Consent withdrawn: the copy goes.
+        accept_from(&ns.client, &consenting, None).await;
+        wait_for("the copy to be removed", REACT, || async {
+            config_map_data(&ns.client, &consenting, "auth-jwks")
+                .await
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        wait_status(&ns, "tenant", "no published namespace", REACT, |k| {
+            k.status
+                .as_ref()
+                .is_some_and(|s| s.published_namespaces.is_empty())
+        })
+        .await;
+        // Consent naming another key does not accept this one.
+        accept_from(&ns.client, &victim, Some(&format!("{}/other", ns.name))).await;
+        accept_from(
+            &ns.client,
+            &consenting,
+            Some(&format!("{}/tenant", ns.name)),
+        )
+        .await;
+        wait_for("the copy to come back", REACT, || async {
+            config_map_data(&ns.client, &consenting, "auth-jwks").await
+        })
+        .await;
+        assert!(
+            config_map_data(&ns.client, &victim, "auth-jwks")
+                .await
+                .is_none()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_foreign_config_map_in_a_target_is_reported_and_freeing_the_name_gets_the_copy_at_once() {
+    with_temp_ns("tenant-conflict", |ns| async move {
+        install_crd(&ns.client).await;
+        let target = ns.extra("target", &[("jwks", "auth")]).await;
+        accept_from(&ns.client, &target, Some(&format!("{}/auth", ns.name))).await;
+        let foreign: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "auth-jwks"},
+            "data": {"jwks.json": "{\"keys\":[]}"},
+        }))
+        .unwrap();
+        let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &target);
+        cms.create(&PostParams::default(), &foreign).await.unwrap();
+        let _operator = operator(&[&ns.name, &target]);
+        create(
+            &ns,
+            &jsk(
+                "auth",
+                json!({"rotationInterval": "1h", "publish": {"namespaceSelector": {"matchLabels": {"jwks": "auth"}}}}),
+            ),
+        )
+        .await;
+        wait_ready(&ns, "auth", "False", "ConfigMapConflict").await;
+        let (kind, _, note) = wait_event(&ns, "ConfigMapConflict").await;
+        assert_eq!(kind, "Warning");
+        assert!(note.contains(&target), "the event names the namespace: {note}");
+        assert_eq!(
+            cms.get("auth-jwks").await.unwrap().data.unwrap()["jwks.json"],
+            "{\"keys\":[]}",
+            "the foreign ConfigMap is untouched"
+        );
+
+        cms.delete("auth-jwks", &DeleteParams::default()).await.unwrap();
+        let copy = wait_for("the copy", Duration::from_secs(10), || async {
+            let data = config_map_data(&ns.client, &target, "auth-jwks").await?;
+            (!jwks_kids(&data).is_empty()).then_some(data)
+        })
+        .await;
+        let home = config_map_data(&ns.client, &ns.name, "auth-jwks").await.unwrap();
+        assert_eq!(copy, home);
+        wait_ready(&ns, "auth", "True", "KeysReady").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn renaming_the_config_map_and_the_secret_leaves_nothing_behind() {
+    with_temp_ns("tenant-rename", |ns| async move {
+        install_crd(&ns.client).await;
+        let target = ns.extra("target", &[("jwks", "auth")]).await;
+        accept_from(&ns.client, &target, Some(&format!("{}/auth", ns.name))).await;
+        let _operator = operator(&[&ns.name, &target]);
+        let spec = json!({"rotationInterval": "1h", "publish": {"namespaceSelector": {"matchLabels": {"jwks": "auth"}}}});
+        let kid = create_ready(&ns, &jsk("auth", spec)).await;
+        wait_for("the copy", REACT, || async {
+            config_map_data(&ns.client, &target, "auth-jwks").await
+        })
+        .await;
+        let old_private = secret_text(&ns.client, &ns.name, "auth-signing-key")
+            .await
+            .unwrap()["private.pem"]
+            .clone();
+
+        api(&ns)
+            .patch(
+                "auth",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"configMapName": "renamed-jwks", "secretName": "renamed-key"}})),
+            )
+            .await
+            .unwrap();
+        wait_for("the keys under the new names only", REACT, || async {
+            let secret = secret_text(&ns.client, &ns.name, "renamed-key").await?;
+            let home = config_map_data(&ns.client, &ns.name, "renamed-jwks").await?;
+            let copy = config_map_data(&ns.client, &target, "renamed-jwks").await?;
+            let gone = secret_text(&ns.client, &ns.name, "auth-signing-key").await.is_none()
+                && config_map_data(&ns.client, &ns.name, "auth-jwks").await.is_none()
+                && config_map_data(&ns.client, &target, "auth-jwks").await.is_none();
+            (gone && secret["kid"] == kid && jwks_kids(&home) == [kid.clone()] && copy == home)
+                .then_some(())
+        })
+        .await;
+        let secret = secret_text(&ns.client, &ns.name, "renamed-key").await.unwrap();
+        assert_eq!(secret["private.pem"], old_private, "the same key signs under the new name");
+        wait_ready(&ns, "auth", "True", "KeysReady").await;
+        // Nothing of this key is left under another name.
+        let selector = format!("jwtkeys.dev/signing-key=auth");
+        for namespace in [&ns.name, &target] {
+            let names: Vec<String> = Api::<ConfigMap>::namespaced(ns.client.clone(), namespace)
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|cm| cm.name_any())
+                .collect();
+            assert_eq!(names, ["renamed-jwks"], "ConfigMaps in {namespace}");
+        }
+        let secrets: Vec<String> = Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|s| s.name_any())
+            .collect();
+        assert_eq!(secrets, ["renamed-key"]);
+    })
+    .await;
+}
