@@ -183,10 +183,10 @@ async fn renaming_the_config_map_and_the_secret_leaves_nothing_behind() {
         assert_eq!(secret["private.pem"], old_private, "the same key signs under the new name");
         wait_ready(&ns, "auth", "True", "KeysReady").await;
         // Nothing of this key is left under another name.
-        let selector = format!("jwtkeys.dev/signing-key=auth");
+        let selector = "jwtkeys.dev/signing-key=auth";
         for namespace in [&ns.name, &target] {
             let names: Vec<String> = Api::<ConfigMap>::namespaced(ns.client.clone(), namespace)
-                .list(&ListParams::default().labels(&selector))
+                .list(&ListParams::default().labels(selector))
                 .await
                 .unwrap()
                 .items
@@ -196,7 +196,7 @@ async fn renaming_the_config_map_and_the_secret_leaves_nothing_behind() {
             assert_eq!(names, ["renamed-jwks"], "ConfigMaps in {namespace}");
         }
         let secrets: Vec<String> = Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
-            .list(&ListParams::default().labels(&selector))
+            .list(&ListParams::default().labels(selector))
             .await
             .unwrap()
             .items
