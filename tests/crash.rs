@@ -47,10 +47,12 @@ async fn sigkill_at_random_moments_never_breaks_the_invariants() {
 
     with_temp_ns("crash", |ns| async move {
         install_crd(&ns.client).await;
-        let history = History::of(&ns).await;
-        let mut operator = operator(&[&ns.name]);
-        let spec =
-            json!({"rotationInterval": "10s", "propagationDelay": "3s", "maxTokenLifetime": "4s"});
+        // I1-I3 hold in the copy in another namespace too.
+        let (history, copy) = History::with_copy(&ns).await;
+        let mut operator = operator(&[&ns.name, &copy]);
+        let spec = publish_to_copies(
+            json!({"rotationInterval": "10s", "propagationDelay": "3s", "maxTokenLifetime": "4s"}),
+        );
         let first = create_ready(&ns, &jsk("auth", spec)).await;
 
         let deadline =

@@ -94,9 +94,12 @@ async fn no_valid_token_is_rejected_across_rotations() {
         .unwrap_or(5);
     with_temp_ns("soak", |ns| async move {
         install_crd(&ns.client).await;
-        let history = History::of(&ns).await;
-        let _operator = operator(&[&ns.name]);
-        let spec = json!({"rotationInterval": "10s", "propagationDelay": "3s", "maxTokenLifetime": format!("{LIFETIME_SECS}s")});
+        // I1-I3 hold in the copy in another namespace too.
+        let (history, copy) = History::with_copy(&ns).await;
+        let _operator = operator(&[&ns.name, &copy]);
+        let spec = publish_to_copies(
+            json!({"rotationInterval": "10s", "propagationDelay": "3s", "maxTokenLifetime": format!("{LIFETIME_SECS}s")}),
+        );
         create(&ns, &jsk("auth", spec)).await;
         wait_ready(&ns, "auth", "True", "KeysReady").await;
 

@@ -31,6 +31,12 @@ pub fn jsk(name: &str, spec: serde_json::Value) -> JwtSigningKey {
     JwtSigningKey::new(name, spec)
 }
 
+/// `spec` with `publish.namespaceSelector` matching the namespace of [`History::with_copy`].
+pub fn publish_to_copies(mut spec: serde_json::Value) -> serde_json::Value {
+    spec["publish"] = serde_json::json!({"namespaceSelector": {"matchLabels": {"jwks": "auth"}}});
+    spec
+}
+
 /// Creates a JwtSigningKey in the test namespace.
 pub async fn create(ns: &TestNamespace, key: &JwtSigningKey) -> JwtSigningKey {
     api(ns)
@@ -234,6 +240,21 @@ impl History {
             "auth-jwks",
         )
         .await
+    }
+
+    /// An extra namespace labelled `jwks=auth` that accepts copies of `auth` from the test namespace,
+    /// and a history of the default objects in both. Give the key [`publish_to_copies`].
+    pub async fn with_copy(ns: &TestNamespace) -> (History, String) {
+        let copy = ns.extra("copy", &[("jwks", "auth")]).await;
+        accept_from(&ns.client, &copy, Some(&format!("{}/auth", ns.name))).await;
+        let history = History::record(
+            &ns.client,
+            &[ns.name.clone(), copy.clone()],
+            "auth-signing-key",
+            "auth-jwks",
+        )
+        .await;
+        (history, copy)
     }
 
     /// Starts watching; returns once every watch has listed.
