@@ -185,6 +185,12 @@ fn namespaced_grants() -> Vec<Grant> {
             &[],
             &["get", "patch"],
         ),
+        grant(
+            "jwtkeys.dev",
+            "jwtsigningkeys/finalizers",
+            &[],
+            &["update"],
+        ),
     ];
     grants.sort();
     grants
