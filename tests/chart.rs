@@ -828,10 +828,31 @@ async fn service_account_identity(ns: &TestNamespace, service_account: &str) -> 
         .expect("a TokenRequest for the chart's ServiceAccount")
         .status
         .expect("TokenRequest status")
-        .token
-        .expect("a token");
+        .token;
 
-    let yaml = common::token_kubeconfig(service_account, &token, &ns.name);
+    let admin = Kubeconfig::read_from(common::kubeconfig_path()).expect("the admin kubeconfig");
+    let context = admin
+        .contexts
+        .iter()
+        .find(|c| Some(&c.name) == admin.current_context.as_ref())
+        .or(admin.contexts.first())
+        .and_then(|c| c.context.clone())
+        .expect("a kubeconfig context");
+    let cluster = admin
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .and_then(|c| c.cluster.clone())
+        .expect("the context's cluster");
+    let yaml = serde_yaml::to_string(&json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": cluster}],
+        "users": [{"name": service_account, "user": {"token": token}}],
+        "contexts": [{"name": "chart", "context": {"cluster": "test", "user": service_account, "namespace": ns.name}}],
+        "current-context": "chart",
+    }))
+    .unwrap();
     let kubeconfig = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(kubeconfig.path(), &yaml).unwrap();
     let config = Config::from_custom_kubeconfig(

@@ -129,6 +129,8 @@ impl OperatorProcess {
 }
 
 impl Drop for OperatorProcess {
+    /// Kills the process. A test that passed still fails here when the API server refused the operator
+    /// a right (the operator retries, so a missing verb might otherwise go unnoticed).
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
@@ -137,8 +139,25 @@ impl Drop for OperatorProcess {
                 self.log_path.display(),
                 self.logs()
             );
+            return;
         }
+        let logs = self.logs();
+        let refused: Vec<&str> = logs.lines().filter(|line| is_refusal(line)).collect();
+        assert!(
+            refused.is_empty(),
+            "the API server refused the operator a right the chart does not grant:\n{}\n\
+             ===== jwt-key-operator log ({}) =====\n{logs}",
+            refused.join("\n"),
+            self.log_path.display(),
+        );
     }
+}
+
+/// A log line reporting that the API server refused the operator's ServiceAccount: an RBAC denial
+/// (`... is forbidden: User "system:serviceaccount:..." cannot ...`), or the owner-reference check.
+fn is_refusal(line: &str) -> bool {
+    (line.contains("forbidden") && line.contains("system:serviceaccount:"))
+        || line.contains("cannot set blockOwnerDeletion")
 }
 
 /// What the chart must grant for `jwt-key-operator` arguments `args`: the watched namespaces, and the
