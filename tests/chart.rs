@@ -769,8 +769,8 @@ struct Release {
 }
 
 impl Release {
-    /// `helm install` with `crds.enabled=false` (see the module comment) and `values`; waits for
-    /// nothing (no pods run on the test control plane).
+    /// `helm install` with `crds.enabled=false` (see the module comment), `rbac.aggregate.enabled=false`
+    /// and `values`; waits for nothing (no pods run on the test control plane).
     fn install(ns: &TestNamespace, values: &[&str]) -> Release {
         // Cluster-scoped names derive from the release name: make it unique in the cluster.
         let release = Release {
@@ -786,6 +786,10 @@ impl Release {
             &release.namespace,
             "--set",
             "crds.enabled=false",
+            // The user roles only where a test asks for them, so that the one test of their
+            // aggregation sees the built-in roles without them first.
+            "--set",
+            "rbac.aggregate.enabled=false",
         ];
         args.extend(set_args(values));
         helm_ok(&args);
@@ -1223,18 +1227,49 @@ async fn bind_user(ns: &TestNamespace, user: &str, role: &str) {
 async fn a_user_with_the_built_in_edit_role_creates_keys_and_a_viewer_only_reads_them() {
     with_temp_ns("chart-user-rbac", |ns| async move {
         install_crd(&ns.client).await;
-        let _release = Release::install(&ns, &[&format!("watchNamespaces={{{}}}", ns.name)]);
         let editor = format!("editor-{}", ns.name);
         let viewer = format!("viewer-{}", ns.name);
         bind_user(&ns, &editor, "edit").await;
         bind_user(&ns, &viewer, "view").await;
-        let as_editor: Api<JwtSigningKey> = Api::namespaced(user_client(&editor).await, &ns.name);
+        let editor_client = user_client(&editor).await;
+        let as_editor: Api<JwtSigningKey> = Api::namespaced(editor_client.clone(), &ns.name);
         let as_viewer: Api<JwtSigningKey> = Api::namespaced(user_client(&viewer).await, &ns.name);
         let key = support::jsk("auth", json!({}));
 
+        // Before the chart: the binding is in force (the editor may create a ConfigMap), yet the
+        // built-in edit role knows nothing of JwtSigningKeys. (Every other release the tests install
+        // leaves the user roles out.)
+        let config_map =
+            serde_json::from_value::<ConfigMap>(json!({"metadata": {"name": "editor"}})).unwrap();
+        wait_for(
+            "the editor's RoleBinding to apply",
+            Duration::from_secs(30),
+            || async {
+                match Api::<ConfigMap>::namespaced(editor_client.clone(), &ns.name)
+                    .create(&PostParams::default(), &config_map)
+                    .await
+                {
+                    Ok(_) => Some(()),
+                    Err(kube::Error::Api(status)) if status.code == 403 => None,
+                    Err(err) => panic!("creating a ConfigMap as the editor: {err}"),
+                }
+            },
+        )
+        .await;
+        assert!(is_forbidden(
+            as_editor.create(&PostParams::default(), &key).await
+        ));
+
+        let started = Instant::now();
+        let _release = Release::install(
+            &ns,
+            &[
+                &format!("watchNamespaces={{{}}}", ns.name),
+                "rbac.aggregate.enabled=true",
+            ],
+        );
         // kube-controller-manager's clusterrole-aggregation controller copies the chart's rules into
         // the built-in roles; until then the editor is refused.
-        let started = Instant::now();
         wait_for(
             "the editor to be allowed to create a JwtSigningKey",
             Duration::from_secs(30),
