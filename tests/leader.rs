@@ -39,8 +39,8 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
         install_crd(&ns.client).await;
         let mut first = replica(&ns.name);
         let mut second = replica(&ns.name);
-        // Each replica starts with its own ServiceAccount (see OperatorProcess), so the second starts
-        // a moment later: wait until both contend for the Lease.
+        // The replicas do not start at the same moment (the first start applies the chart's RBAC,
+        // which the second shares): wait until both contend for the Lease.
         wait_for("both replicas to contend for the Lease", REACT, || async {
             (contends(&first) && contends(&second)).then_some(())
         })

@@ -2,7 +2,12 @@
 //! chart renders for the test's scope (`helm template`), applied by the admin, and a kubeconfig
 //! holding a TokenRequest token of that ServiceAccount.
 
-use std::{future::Future, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex, OnceLock, PoisonError, Weak},
+    time::Duration,
+};
 
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
@@ -20,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// What the operator is started for, and so what the chart must grant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Scope {
     /// `--watch-namespace` values; empty for cluster-wide mode.
     pub watch_namespaces: Vec<String>,
@@ -52,6 +58,28 @@ const IDENTITY_KINDS: &[(&str, &str, &str)] = &[
 ];
 
 impl ChartIdentity {
+    /// The identity for `scope`: the one already in use by a running process of this test binary
+    /// with the same scope (replicas of one install share their ServiceAccount, as in a cluster), or
+    /// a new one. Scopes name the test's own namespaces, so tests never share an identity.
+    pub fn for_scope(scope: &Scope) -> Arc<ChartIdentity> {
+        static IN_USE: OnceLock<Mutex<HashMap<Scope, Weak<ChartIdentity>>>> = OnceLock::new();
+        let in_use = || {
+            IN_USE
+                .get_or_init(Mutex::default)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if let Some(identity) = in_use().get(scope).and_then(Weak::upgrade) {
+            return identity;
+        }
+        // Created without the lock held: other tests start their operators meanwhile.
+        let identity = Arc::new(ChartIdentity::create(scope));
+        let mut in_use = in_use();
+        in_use.retain(|_, identity| identity.strong_count() > 0);
+        in_use.insert(scope.clone(), Arc::downgrade(&identity));
+        identity
+    }
+
     /// Renders the chart for `scope`, applies its ServiceAccount and RBAC, waits until the API server
     /// authorizes what the operator needs at start-up, and writes the kubeconfig. Blocks the calling
     /// thread (the work runs on a runtime of its own), so that `OperatorProcess::start` stays sync.

@@ -7,6 +7,7 @@ use std::{
     io::Write,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
 };
 
 use super::identity::{ChartIdentity, Scope};
@@ -19,7 +20,7 @@ pub struct OperatorProcess {
     log_path: PathBuf,
     _log_dir: tempfile::TempDir,
     // Dropped after the process is killed (fields drop after `Drop::drop`).
-    identity: ChartIdentity,
+    identity: Arc<ChartIdentity>,
     namespace: String,
 }
 
@@ -30,6 +31,7 @@ impl OperatorProcess {
     /// are none), the Lease named by `--leader-election-id` when `--leader-election=true`. The
     /// ServiceAccount lives where the chart would be installed: the Lease's namespace, else the first
     /// watched namespace (`default` for neither), which is also the process's `POD_NAMESPACE`.
+    /// Processes started with the same scope while one runs (replicas) share the ServiceAccount.
     pub fn start(namespaces: &[&str], extra_args: &[&str]) -> OperatorProcess {
         let mut args = vec!["run".to_string()];
         for ns in namespaces {
@@ -38,7 +40,7 @@ impl OperatorProcess {
         args.extend(["--leader-election=false", "--http-port", "0"].map(String::from));
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let scope = scope_of(&args);
-        let identity = ChartIdentity::create(&scope);
+        let identity = ChartIdentity::for_scope(&scope);
         let log_dir = tempfile::tempdir().expect("creating a temp dir for the operator log");
         let log_path = log_dir.path().join("operator.log");
         let mut operator = OperatorProcess {
