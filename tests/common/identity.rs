@@ -288,7 +288,7 @@ async fn token(client: &Client, namespace: &str, service_account: &str) -> Strin
 }
 
 /// A kubeconfig for the test cluster (the admin's server and CA) that authenticates with `token`.
-pub fn token_kubeconfig(user: &str, token: &str, namespace: &str) -> String {
+fn token_kubeconfig(user: &str, token: &str, namespace: &str) -> String {
     let path = super::kubeconfig_path();
     let admin = Kubeconfig::read_from(&path)
         .unwrap_or_else(|err| panic!("reading kubeconfig {}: {err}", path.display()));

@@ -29,7 +29,7 @@ use kube::{
 };
 
 pub use crd::{TEST_MANAGER, apply_crd, install_crd};
-pub use identity::{ChartIdentity, Scope, token_kubeconfig};
+pub use identity::{ChartIdentity, Scope};
 pub use namespace::{TestNamespace, with_temp_ns};
 pub use operator::OperatorProcess;
 
