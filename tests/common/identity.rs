@@ -60,7 +60,8 @@ const IDENTITY_KINDS: &[(&str, &str, &str)] = &[
 impl ChartIdentity {
     /// The identity for `scope`: the one already in use by a running process of this test binary
     /// with the same scope (replicas of one install share their ServiceAccount, as in a cluster), or
-    /// a new one. Scopes name the test's own namespaces, so tests never share an identity.
+    /// a new one. Scopes name the test's own namespaces, so tests do not share identities (except
+    /// cluster-wide scopes in `default`, which would share one with the same rights).
     pub fn for_scope(scope: &Scope) -> Arc<ChartIdentity> {
         static IN_USE: OnceLock<Mutex<HashMap<Scope, Weak<ChartIdentity>>>> = OnceLock::new();
         let in_use = || {
