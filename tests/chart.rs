@@ -27,12 +27,13 @@ use k8s_openapi::{
         authentication::v1::{TokenRequest, TokenRequestSpec},
         coordination::v1::Lease,
         core::v1::{ConfigMap, Secret, ServiceAccount},
+        rbac::v1::RoleBinding,
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
     Api, Client, Config,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 use serde::Deserialize;
@@ -185,6 +186,7 @@ fn namespaced_grants() -> Vec<Grant> {
             &[],
             &["get", "patch"],
         ),
+        grant("jwtkeys.dev", "jwtsigningkeys/finalizers", &[], &["update"]),
     ];
     grants.sort();
     grants
@@ -276,6 +278,8 @@ async fn default_values_render_a_hardened_cluster_wide_install_with_least_privil
         assert_eq!(
             kinds(&docs),
             [
+                "ClusterRole",
+                "ClusterRole",
                 "ClusterRole",
                 "ClusterRole",
                 "ClusterRoleBinding",
@@ -466,12 +470,35 @@ async fn watch_namespaces_grant_roles_only_in_those_namespaces() {
         assert_no_wildcards(&docs);
         let fullname = "jko-jwt-key-operator";
 
-        // The only cluster-wide rule left: reading namespaces for spec.publish.namespaceSelector.
-        let cluster_roles = of_kind(&docs, "ClusterRole");
-        assert_eq!(cluster_roles.len(), 1);
+        // The only cluster-wide rule left for the operator: reading namespaces for
+        // spec.publish.namespaceSelector (the other ClusterRoles are for users, bound to nobody).
+        let mut names: Vec<&str> = of_kind(&docs, "ClusterRole")
+            .iter()
+            .map(|r| r["metadata"]["name"].as_str().unwrap())
+            .collect();
+        names.sort();
         assert_eq!(
-            grants(cluster_roles[0]),
+            names,
+            [
+                format!("{fullname}-edit"),
+                format!("{fullname}-namespaces"),
+                format!("{fullname}-view"),
+            ]
+        );
+        assert_eq!(
+            grants(named(
+                &docs,
+                "ClusterRole",
+                None,
+                &format!("{fullname}-namespaces")
+            )),
             vec![grant("", "namespaces", &[], &["list", "watch"])]
+        );
+        let bindings = of_kind(&docs, "ClusterRoleBinding");
+        assert_eq!(bindings.len(), 1);
+        assert_eq!(
+            bindings[0]["roleRef"]["name"],
+            format!("{fullname}-namespaces")
         );
         for namespace in ["team-a", "team-b"] {
             assert_eq!(
@@ -504,6 +531,81 @@ async fn watch_namespaces_grant_roles_only_in_those_namespaces() {
             container(&docs)["args"],
             json!(["run", "--leader-election=false"])
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_roles_aggregate_into_the_built_in_view_edit_and_admin_roles() {
+    with_temp_ns("chart-user-roles", |ns| async move {
+        let docs = render("jko", &ns.name, &[]);
+        let fullname = "jko-jwt-key-operator";
+        let view = named(&docs, "ClusterRole", None, &format!("{fullname}-view"));
+        let edit = named(&docs, "ClusterRole", None, &format!("{fullname}-edit"));
+        let aggregates_to = |role: &Value| -> Vec<String> {
+            let mut to: Vec<String> = role["metadata"]["labels"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter_map(|(key, value)| {
+                    let role = key.strip_prefix("rbac.authorization.k8s.io/aggregate-to-")?;
+                    assert_eq!(value, "true", "{key}");
+                    Some(role.to_string())
+                })
+                .collect();
+            to.sort();
+            to
+        };
+        assert_eq!(aggregates_to(view), ["admin", "edit", "view"]);
+        assert_eq!(aggregates_to(edit), ["admin", "edit"]);
+        assert_eq!(
+            grants(view),
+            vec![grant(
+                "jwtkeys.dev",
+                "jwtsigningkeys",
+                &[],
+                &["get", "list", "watch"]
+            )]
+        );
+        assert_eq!(
+            grants(edit),
+            vec![grant(
+                "jwtkeys.dev",
+                "jwtsigningkeys",
+                &[],
+                &[
+                    "get", "list", "watch", "create", "update", "patch", "delete"
+                ]
+            )]
+        );
+        // Nothing binds them: they only extend the roles users are already bound to.
+        for binding in of_kind(&docs, "ClusterRoleBinding")
+            .into_iter()
+            .chain(of_kind(&docs, "RoleBinding"))
+        {
+            let role = binding["roleRef"]["name"].as_str().unwrap();
+            assert!(
+                !role.ends_with("-view") && !role.ends_with("-edit"),
+                "{role}"
+            );
+        }
+
+        for values in [
+            &["rbac.aggregate.enabled=false"][..],
+            &["rbac.create=false"],
+        ] {
+            lint(values);
+            let docs = render("jko", &ns.name, values);
+            let names: Vec<&Value> = of_kind(&docs, "ClusterRole")
+                .into_iter()
+                .map(|r| &r["metadata"]["name"])
+                .collect();
+            assert!(
+                !names.contains(&&json!(format!("{fullname}-view")))
+                    && !names.contains(&&json!(format!("{fullname}-edit"))),
+                "{values:?}: {names:?}"
+            );
+        }
     })
     .await;
 }
@@ -667,8 +769,8 @@ struct Release {
 }
 
 impl Release {
-    /// `helm install` with `crds.enabled=false` (see the module comment) and `values`; waits for
-    /// nothing (no pods run on the test control plane).
+    /// `helm install` with `crds.enabled=false` (see the module comment), `rbac.aggregate.enabled=false`
+    /// and `values`; waits for nothing (no pods run on the test control plane).
     fn install(ns: &TestNamespace, values: &[&str]) -> Release {
         // Cluster-scoped names derive from the release name: make it unique in the cluster.
         let release = Release {
@@ -684,6 +786,10 @@ impl Release {
             &release.namespace,
             "--set",
             "crds.enabled=false",
+            // The user roles only where a test asks for them, so that the one test of their
+            // aggregation sees the built-in roles without them first.
+            "--set",
+            "rbac.aggregate.enabled=false",
         ];
         args.extend(set_args(values));
         helm_ok(&args);
@@ -1093,6 +1199,143 @@ async fn the_chart_identity_is_refused_outside_its_rights() {
             logs.contains("cannot list JwtSigningKeys") && logs.contains("forbidden"),
             "{logs}"
         );
+    })
+    .await;
+}
+
+/// A client for user `user` (in `system:authenticated`), impersonated by the admin.
+async fn user_client(user: &str) -> Client {
+    let mut config = common::admin_config().await;
+    config.auth_info.impersonate = Some(user.into());
+    config.auth_info.impersonate_groups = Some(vec!["system:authenticated".into()]);
+    Client::try_from(config).unwrap()
+}
+
+/// Binds `user` to the built-in ClusterRole `role` in the test namespace.
+async fn bind_user(ns: &TestNamespace, user: &str, role: &str) {
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("{user}-{role}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap_or_else(|err| panic!("binding {user} to {role}: {err}"));
+}
+
+#[tokio::test]
+async fn a_user_with_the_built_in_edit_role_creates_keys_and_a_viewer_only_reads_them() {
+    with_temp_ns("chart-user-rbac", |ns| async move {
+        install_crd(&ns.client).await;
+        let editor = format!("editor-{}", ns.name);
+        let viewer = format!("viewer-{}", ns.name);
+        bind_user(&ns, &editor, "edit").await;
+        bind_user(&ns, &viewer, "view").await;
+        let editor_client = user_client(&editor).await;
+        let as_editor: Api<JwtSigningKey> = Api::namespaced(editor_client.clone(), &ns.name);
+        let as_viewer: Api<JwtSigningKey> = Api::namespaced(user_client(&viewer).await, &ns.name);
+        let key = support::jsk("auth", json!({}));
+
+        // Before the chart: the binding is in force (the editor may create a ConfigMap), yet the
+        // built-in edit role knows nothing of JwtSigningKeys. (Every other release the tests install
+        // leaves the user roles out.)
+        let config_map =
+            serde_json::from_value::<ConfigMap>(json!({"metadata": {"name": "editor"}})).unwrap();
+        wait_for(
+            "the editor's RoleBinding to apply",
+            Duration::from_secs(30),
+            || async {
+                match Api::<ConfigMap>::namespaced(editor_client.clone(), &ns.name)
+                    .create(&PostParams::default(), &config_map)
+                    .await
+                {
+                    Ok(_) => Some(()),
+                    Err(kube::Error::Api(status)) if status.code == 403 => None,
+                    Err(err) => panic!("creating a ConfigMap as the editor: {err}"),
+                }
+            },
+        )
+        .await;
+        assert!(is_forbidden(
+            as_editor.create(&PostParams::default(), &key).await
+        ));
+
+        let started = Instant::now();
+        let _release = Release::install(
+            &ns,
+            &[
+                &format!("watchNamespaces={{{}}}", ns.name),
+                "rbac.aggregate.enabled=true",
+            ],
+        );
+        // kube-controller-manager's clusterrole-aggregation controller copies the chart's rules into
+        // the built-in roles; until then the editor is refused.
+        wait_for(
+            "the editor to be allowed to create a JwtSigningKey",
+            Duration::from_secs(30),
+            || async {
+                match as_editor.create(&PostParams::default(), &key).await {
+                    Ok(_) => Some(()),
+                    Err(kube::Error::Api(status)) if status.code == 403 => None,
+                    Err(err) => panic!("creating as the editor: {err}"),
+                }
+            },
+        )
+        .await;
+        eprintln!(
+            "FIGURE helm install -> edit users may create keys: {:.2?}",
+            started.elapsed()
+        );
+        wait_for(
+            "the viewer to be allowed to list JwtSigningKeys",
+            Duration::from_secs(30),
+            || async {
+                match as_viewer.list(&ListParams::default()).await {
+                    Ok(list) => Some(list),
+                    Err(kube::Error::Api(status)) if status.code == 403 => None,
+                    Err(err) => panic!("listing as the viewer: {err}"),
+                }
+            },
+        )
+        .await;
+        as_viewer
+            .get("auth")
+            .await
+            .expect("the viewer reads the key");
+
+        // The viewer changes nothing.
+        let other = support::jsk("other", json!({}));
+        assert!(is_forbidden(
+            as_viewer.create(&PostParams::default(), &other).await
+        ));
+        let rotate = json!({"metadata": {"annotations": {"jwtkeys.dev/rotate": "viewer"}}});
+        assert!(is_forbidden(
+            as_viewer
+                .patch("auth", &PatchParams::default(), &Patch::Merge(&rotate))
+                .await
+        ));
+        assert!(is_forbidden(
+            as_viewer.delete("auth", &DeleteParams::default()).await
+        ));
+
+        // The editor changes and deletes keys; neither has rights in another namespace.
+        let rotate = json!({"metadata": {"annotations": {"jwtkeys.dev/rotate": "editor"}}});
+        as_editor
+            .patch("auth", &PatchParams::default(), &Patch::Merge(&rotate))
+            .await
+            .expect("the editor annotates the key");
+        as_editor
+            .delete("auth", &DeleteParams::default())
+            .await
+            .expect("the editor deletes the key");
+        let outside = ns.extra("outside", &[]).await;
+        assert!(is_forbidden(
+            Api::<JwtSigningKey>::namespaced(user_client(&editor).await, &outside)
+                .create(&PostParams::default(), &key)
+                .await
+        ));
     })
     .await;
 }

@@ -1,5 +1,6 @@
 //! The test control plane is a real Kubernetes control plane: storage, RBAC, service-account tokens,
-//! CEL admission, garbage collection and namespace deletion all behave as in a cluster.
+//! CEL admission, owner-reference permission enforcement, garbage collection and namespace deletion
+//! all behave as in a cluster.
 
 mod common;
 
@@ -10,6 +11,7 @@ use k8s_openapi::{
     api::{
         authentication::v1::{SelfSubjectReview, TokenRequest, TokenRequestSpec},
         core::v1::{ConfigMap, Namespace, Secret, ServiceAccount},
+        rbac::v1::{Role, RoleBinding},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::apis::meta::v1::OwnerReference,
@@ -311,6 +313,75 @@ async fn config_map_owned_by_a_deleted_object_is_garbage_collected() {
             .get("bystander")
             .await
             .expect("an unowned ConfigMap stays");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn blocking_owner_deletion_needs_the_right_to_update_the_owners_finalizers() {
+    with_temp_ns("cp-owner-refs", |ns| async move {
+        let owner = Api::<ConfigMap>::namespaced(ns.client.clone(), &ns.name)
+            .create(&PostParams::default(), &config_map("owner", &[]))
+            .await
+            .expect("creating the owner");
+        // May create ConfigMaps, but not update the finalizers of any.
+        let role: Role = serde_json::from_value(json!({
+            "metadata": {"name": "config-map-writer"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}],
+        }))
+        .unwrap();
+        Api::<Role>::namespaced(ns.client.clone(), &ns.name)
+            .create(&PostParams::default(), &role)
+            .await
+            .expect("creating the Role");
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": "config-map-writer"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "config-map-writer"},
+            "subjects": [{"kind": "ServiceAccount", "name": "writer", "namespace": ns.name}],
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name)
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("creating the RoleBinding");
+        let writer: Api<ConfigMap> =
+            Api::namespaced(service_account_client(&ns, "writer").await, &ns.name);
+        let owned = |name: &str, block: bool| {
+            let mut dependent = config_map(name, &[]);
+            dependent.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                name: owner.name_any(),
+                uid: owner.uid().expect("owner uid"),
+                controller: Some(true),
+                block_owner_deletion: Some(block),
+            }]);
+            dependent
+        };
+
+        // Allowed without blockOwnerDeletion (once the authorizer has seen the binding).
+        wait_for(
+            "the writer to create an owned ConfigMap",
+            Duration::from_secs(30),
+            || async {
+                let created = writer
+                    .create(&PostParams::default(), &owned("plain", false))
+                    .await;
+                (!is_status(&created, 403)).then(|| created.expect("creating as the writer"))
+            },
+        )
+        .await;
+        // Refused with it: OwnerReferencesPermissionEnforcement is on, as on OpenShift.
+        let blocking = writer
+            .create(&PostParams::default(), &owned("blocking", true))
+            .await;
+        match blocking {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 403, "{status:?}");
+                assert!(status.message.contains("blockOwnerDeletion"), "{status:?}");
+            }
+            other => panic!("expected 403 for blockOwnerDeletion, got {other:?}"),
+        }
     })
     .await;
 }

@@ -29,12 +29,22 @@ fn leads(operator: &OperatorProcess) -> bool {
     operator.logs().contains("became leader")
 }
 
+fn contends(operator: &OperatorProcess) -> bool {
+    operator.logs().contains("waiting to become leader")
+}
+
 #[tokio::test]
 async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
     with_temp_ns("leader", |ns| async move {
         install_crd(&ns.client).await;
         let mut first = replica(&ns.name);
         let mut second = replica(&ns.name);
+        // The replicas do not start at the same moment (the first start applies the chart's RBAC,
+        // which the second shares): wait until both contend for the Lease.
+        wait_for("both replicas to contend for the Lease", REACT, || async {
+            (contends(&first) && contends(&second)).then_some(())
+        })
+        .await;
         wait_for("a leader", REACT, || async {
             (leads(&first) || leads(&second)).then_some(())
         })
@@ -46,7 +56,6 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
         } else {
             (&mut second, &mut first)
         };
-        assert!(standby.logs().contains("waiting to become leader"));
 
         let before = create_ready(&ns, &jsk("auth", json!({"propagationDelay": "2s"}))).await;
         assert!(

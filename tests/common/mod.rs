@@ -4,11 +4,14 @@
 //! or starts the repository's own control plane (`tests/control-plane/up`: etcd, kube-apiserver and
 //! kube-controller-manager built from pinned Go modules) once per test process and connects to it.
 //! [`with_temp_ns`] runs a test body in its own namespace, dumps that namespace when the body panics,
-//! and deletes it afterwards. Waiting is always [`wait_for`]: a condition polled against a deadline.
+//! and deletes it afterwards. [`OperatorProcess`] runs the operator binary as the product runs: with a
+//! token of the chart's ServiceAccount and only the RBAC the chart renders for the namespaces it
+//! watches. Waiting is always [`wait_for`]: a condition polled against a deadline.
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
 mod crd;
+mod identity;
 mod namespace;
 mod operator;
 
@@ -26,6 +29,7 @@ use kube::{
 };
 
 pub use crd::{TEST_MANAGER, apply_crd, install_crd};
+pub use identity::{ChartIdentity, Scope};
 pub use namespace::{TestNamespace, with_temp_ns};
 pub use operator::OperatorProcess;
 

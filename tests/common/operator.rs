@@ -1,24 +1,37 @@
-//! The operator binary run as a child process against the test cluster, its output kept in a file.
+//! The operator binary run as a child process against the test cluster, as the product runs it: with a
+//! token of the chart's ServiceAccount and the RBAC the chart renders for the process's scope; its
+//! output kept in a file.
 
 use std::{
     fs::OpenOptions,
     io::Write,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
 };
 
-/// A running `jwt-key-operator run` process. Killed when dropped; its log is printed if the test is
-/// failing at that moment.
+use super::identity::{ChartIdentity, Scope};
+
+/// A running `jwt-key-operator run` process. Killed when dropped (then its RBAC is deleted); its log is
+/// printed if the test is failing at that moment.
 pub struct OperatorProcess {
     args: Vec<String>,
     child: Option<Child>,
     log_path: PathBuf,
     _log_dir: tempfile::TempDir,
+    // Dropped after the process is killed (fields drop after `Drop::drop`).
+    identity: Arc<ChartIdentity>,
+    namespace: String,
 }
 
 impl OperatorProcess {
     /// Starts `jwt-key-operator run --watch-namespace <ns>... --leader-election=false --http-port 0
-    /// <extra_args>` with the test kubeconfig and `RUST_LOG=info`.
+    /// <extra_args>` with `RUST_LOG=info`, authenticated as a ServiceAccount of its own that holds what
+    /// the chart grants for these arguments: Roles in the watched namespaces (a ClusterRole when there
+    /// are none), the Lease named by `--leader-election-id` when `--leader-election=true`. The
+    /// ServiceAccount lives where the chart would be installed: the Lease's namespace, else the first
+    /// watched namespace (`default` for neither), which is also the process's `POD_NAMESPACE`.
+    /// Processes started with the same scope while one runs (replicas) share the ServiceAccount.
     pub fn start(namespaces: &[&str], extra_args: &[&str]) -> OperatorProcess {
         let mut args = vec!["run".to_string()];
         for ns in namespaces {
@@ -26,6 +39,8 @@ impl OperatorProcess {
         }
         args.extend(["--leader-election=false", "--http-port", "0"].map(String::from));
         args.extend(extra_args.iter().map(|a| a.to_string()));
+        let scope = scope_of(&args);
+        let identity = ChartIdentity::for_scope(&scope);
         let log_dir = tempfile::tempdir().expect("creating a temp dir for the operator log");
         let log_path = log_dir.path().join("operator.log");
         let mut operator = OperatorProcess {
@@ -33,6 +48,8 @@ impl OperatorProcess {
             child: None,
             log_path,
             _log_dir: log_dir,
+            identity,
+            namespace: scope.namespace,
         };
         operator.spawn();
         operator
@@ -44,11 +61,29 @@ impl OperatorProcess {
             .append(true)
             .open(&self.log_path)
             .expect("opening the operator log");
-        let _ = writeln!(log, "----- jwt-key-operator {}", self.args.join(" "));
+        let _ = writeln!(
+            log,
+            "----- jwt-key-operator {} (as ServiceAccount {}/{})",
+            self.args.join(" "),
+            self.namespace,
+            self.identity.service_account
+        );
         let stderr = log.try_clone().expect("cloning the operator log handle");
-        let child = Command::new(env!("CARGO_BIN_EXE_jwt-key-operator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_jwt-key-operator"));
+        // Only the arguments choose the scope, never the shell's environment.
+        for var in [
+            "WATCH_NAMESPACES",
+            "LEADER_ELECTION",
+            "LEADER_ELECTION_NAMESPACE",
+            "LEADER_ELECTION_ID",
+            "POD_NAME",
+        ] {
+            command.env_remove(var);
+        }
+        let child = command
             .args(&self.args)
-            .env("KUBECONFIG", super::kubeconfig_path())
+            .env("KUBECONFIG", self.identity.kubeconfig())
+            .env("POD_NAMESPACE", &self.namespace)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log)
@@ -96,6 +131,8 @@ impl OperatorProcess {
 }
 
 impl Drop for OperatorProcess {
+    /// Kills the process. A test that passed still fails here when the API server refused the operator
+    /// a right (the operator retries, so a missing verb might otherwise go unnoticed).
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
@@ -104,6 +141,68 @@ impl Drop for OperatorProcess {
                 self.log_path.display(),
                 self.logs()
             );
+            return;
         }
+        let logs = self.logs();
+        let refused: Vec<&str> = logs.lines().filter(|line| is_refusal(line)).collect();
+        assert!(
+            refused.is_empty(),
+            "the API server refused the operator a right the chart does not grant:\n{}\n\
+             ===== jwt-key-operator log ({}) =====\n{logs}",
+            refused.join("\n"),
+            self.log_path.display(),
+        );
+    }
+}
+
+/// A log line reporting that the API server refused the operator's ServiceAccount: an RBAC denial
+/// (`... is forbidden: User "system:serviceaccount:..." cannot ...`), or the owner-reference check.
+fn is_refusal(line: &str) -> bool {
+    (line.contains("forbidden") && line.contains("system:serviceaccount:"))
+        || line.contains("cannot set blockOwnerDeletion")
+}
+
+/// What the chart must grant for `jwt-key-operator` arguments `args`: the watched namespaces, and the
+/// Lease and its namespace when leader election is on (the last occurrence of a flag wins, as in clap).
+fn scope_of(args: &[String]) -> Scope {
+    let mut watch_namespaces: Vec<String> = Vec::new();
+    let mut leader_election = true;
+    let mut lease = "jwt-key-operator".to_string();
+    let mut lease_namespace = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag, Some(value.to_string())),
+            None => (arg.as_str(), None),
+        };
+        let takes_value = matches!(
+            flag,
+            "--watch-namespace"
+                | "--leader-election"
+                | "--leader-election-id"
+                | "--leader-election-namespace"
+        );
+        if !takes_value {
+            continue;
+        }
+        let value = inline
+            .or_else(|| rest.next().cloned())
+            .unwrap_or_else(|| panic!("{flag} without a value"));
+        match flag {
+            "--watch-namespace" => {
+                watch_namespaces.extend(value.split(',').map(String::from));
+            }
+            "--leader-election" => leader_election = value == "true",
+            "--leader-election-id" => lease = value,
+            _ => lease_namespace = Some(value),
+        }
+    }
+    let namespace = lease_namespace
+        .or_else(|| watch_namespaces.first().cloned())
+        .unwrap_or_else(|| "default".into());
+    Scope {
+        watch_namespaces,
+        lease: leader_election.then_some(lease),
+        namespace,
     }
 }
