@@ -23,7 +23,11 @@ use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
-use kube::{Api, Client, ResourceExt, api::PostParams};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
 use tracing::{error, info, warn};
 
 /// Whether this replica may write: open while the last renewal that succeeded started less than the
@@ -186,21 +190,41 @@ impl LeaderElector {
         }
     }
 
+    /// Writes `spec` only if the Lease is still at `version` (a merge patch with a
+    /// `resourceVersion` precondition: a 409 when anyone wrote it meanwhile).
+    async fn patch(&self, version: &str, spec: &LeaseSpec) -> Result<(), kube::Error> {
+        self.api
+            .patch(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "metadata": {"resourceVersion": version},
+                    "spec": {
+                        "holderIdentity": spec.holder_identity,
+                        "leaseDurationSeconds": spec.lease_duration_seconds,
+                        "acquireTime": spec.acquire_time,
+                        "renewTime": spec.renew_time,
+                        "leaseTransitions": spec.lease_transitions,
+                    },
+                })),
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// Renews the Lease. `Ok(false)` when another replica holds it.
     async fn renew(&self) -> Result<bool, kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+        let Some(lease) = self.api.get_opt(&self.name).await? else {
             return Ok(false);
         };
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let version = lease.resource_version().unwrap_or_default();
+        let mut spec = lease.spec.unwrap_or_default();
         if spec.holder_identity.as_deref() != Some(&self.identity) {
             return Ok(false);
         }
         spec.renew_time = Some(now());
         spec.lease_duration_seconds = Some(self.duration.as_secs().max(1) as i32);
-        self.api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-            .map(|_| true)
+        self.patch(&version, &spec).await.map(|_| true)
     }
 
     /// Renews the Lease until the process ends. Exits the process (status 1) when the Lease is lost
@@ -244,20 +268,18 @@ impl LeaderElector {
     pub async fn release(&self) {
         self.fence.close();
         let result = async {
-            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let Some(lease) = self.api.get_opt(&self.name).await? else {
                 return Ok(());
             };
-            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            let version = lease.resource_version().unwrap_or_default();
+            let mut spec = lease.spec.unwrap_or_default();
             if spec.holder_identity.as_deref() != Some(&self.identity) {
                 return Ok(());
             }
             spec.holder_identity = None;
             spec.lease_duration_seconds = Some(1);
             spec.renew_time = Some(now());
-            self.api
-                .replace(&self.name, &PostParams::default(), &lease)
-                .await
-                .map(|_| ())
+            self.patch(&version, &spec).await
         }
         .await;
         match result {

@@ -82,8 +82,12 @@ fn annotations(jsk: &JwtSigningKey, template: Option<&ObjectTemplate>) -> BTreeM
     annotations
 }
 
+/// A controller reference that blocks the key's foreground deletion until its objects are gone.
 fn owner_reference(jsk: &JwtSigningKey) -> Option<OwnerReference> {
-    jsk.controller_owner_ref(&())
+    jsk.controller_owner_ref(&()).map(|owner| OwnerReference {
+        block_owner_deletion: Some(true),
+        ..owner
+    })
 }
 
 /// The Secret for the auth service: signing key plus the operator's own state.

@@ -171,7 +171,7 @@ fn namespaced_grants() -> Vec<Grant> {
             "",
             "secrets",
             &[],
-            &["get", "list", "watch", "create", "patch"],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
         grant("events.k8s.io", "events", &[], &["create", "patch"]),
         grant(
