@@ -1157,10 +1157,11 @@ async fn the_chart_identity_is_refused_outside_its_rights() {
         assert!(is_forbidden(
             Api::<Secret>::all(client.clone()).list(&lp).await
         ));
-        // In the watched namespace, only the verbs the operator uses: it never deletes Secrets.
+        // In the watched namespace, only the verbs the operator uses: it deletes Secrets one by one
+        // (a renamed key's old Secret), never a whole collection.
         assert!(is_forbidden(
             Api::<Secret>::namespaced(client.clone(), &ns.name)
-                .delete("auth-signing-key", &DeleteParams::default())
+                .delete_collection(&DeleteParams::default(), &lp)
                 .await
         ));
         // Leases: only its own, only in the release namespace.
