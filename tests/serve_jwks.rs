@@ -211,8 +211,11 @@ fn served_kids(response: &HttpResponse) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The files of a mounted ConfigMap: (name, content).
+type Files = Vec<(String, Vec<u8>)>;
+
 /// The ConfigMap content publishing `published` (signing key first), all RS256.
-fn published(keys: &[&TestKey]) -> Vec<(String, Vec<u8>)> {
+fn published(keys: &[&TestKey]) -> Files {
     let with_alg: Vec<(&TestKey, &str)> = keys.iter().map(|key| (*key, "RS256")).collect();
     configmap_files(&with_alg)
 }
@@ -490,7 +493,7 @@ fn the_last_good_set_stays_in_service_when_the_mount_is_missing_partial_or_empty
 
     let mut partial = published(&[&first, &second]);
     partial[0].1.truncate(40);
-    let broken: Vec<(&str, Vec<(String, Vec<u8>)>)> = vec![
+    let broken: Vec<(&str, Files)> = vec![
         ("missing", vec![("unrelated".to_owned(), b"x".to_vec())]),
         ("partial", partial),
         (
@@ -512,7 +515,7 @@ fn the_last_good_set_stays_in_service_when_the_mount_is_missing_partial_or_empty
         let response = server.get("/.well-known/jwks.json");
         assert_eq!(response.status, 200, "{what}");
         assert_eq!(response.header("etag"), Some(etag.as_str()), "{what}");
-        assert_eq!(served_kids(&response), [first.kid.clone()], "{what}");
+        assert_eq!(served_kids(&response), [first.kid.as_str()], "{what}");
     }
 
     // The next good set is taken at once, with a new ETag; the error is cleared.
