@@ -45,9 +45,30 @@ fn chart_dir() -> PathBuf {
     common::repo_root().join("charts/jwt-key-operator")
 }
 
-/// Runs helm with `args`; returns (success, stdout, stderr).
+/// The Kubernetes version of the test control plane (`tests/control-plane/versions.env`).
+fn kube_version() -> String {
+    let pins =
+        std::fs::read_to_string(common::repo_root().join("tests/control-plane/versions.env"))
+            .expect("tests/control-plane/versions.env");
+    pins.lines()
+        .find_map(|line| line.strip_prefix("KUBERNETES_VERSION="))
+        .expect("KUBERNETES_VERSION in versions.env")
+        .trim()
+        .to_owned()
+}
+
+/// Runs helm with `args`; returns (success, stdout, stderr). Commands that do not ask the API server
+/// (lint, template, a client-side dry run) are told its version, which the chart's kubeVersion
+/// checks: a helm built from source otherwise assumes Kubernetes 1.20.
 fn helm(args: &[&str]) -> (bool, String, String) {
-    let output = common::helm().args(args).output().expect("running helm");
+    let offline =
+        matches!(args.first(), Some(&"lint" | &"template")) || args.contains(&"--dry-run=client");
+    let mut command = common::helm();
+    command.args(args);
+    if offline {
+        command.args(["--kube-version", &kube_version()]);
+    }
+    let output = command.output().expect("running helm");
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -677,39 +698,45 @@ async fn extra_args_env_volumes_and_probe_switches_reach_the_deployment() {
     .await;
 }
 
-#[test]
-fn notes_tell_the_truth_about_readiness_and_warn_on_one_replica_or_no_budget() {
-    let notes = |values: &[&str]| {
-        let chart = chart_dir();
-        let mut args = vec![
-            "install",
-            "jko",
-            chart.to_str().unwrap(),
-            "--dry-run=client",
-            "--namespace",
-            "ops",
-        ];
-        args.extend(set_args(values));
-        let output = helm_ok(&args);
-        output
-            .split_once("NOTES:")
-            .map(|(_, notes)| notes.to_owned())
-            .unwrap_or_else(|| panic!("no NOTES in:\n{output}"))
-    };
-    let one = notes(&[]);
-    assert!(one.contains("the leader and the standbys alike"), "{one}");
-    assert!(one.contains("WARNING: one replica"), "{one}");
-    let unprotected = notes(&["replicaCount=2"]);
-    assert!(
-        unprotected.contains("WARNING: 2 replicas but no PodDisruptionBudget"),
-        "{unprotected}"
-    );
-    let protected = notes(&["replicaCount=2", "podDisruptionBudget.enabled=true"]);
-    assert!(!protected.contains("WARNING"), "{protected}");
-    assert!(
-        protected.contains("get lease jko-jwt-key-operator"),
-        "{protected}"
-    );
+#[tokio::test]
+async fn notes_tell_the_truth_about_readiness_and_warn_on_one_replica_or_no_budget() {
+    with_temp_ns("chart-notes", |ns| async move {
+        // A server-side dry run: the notes as `helm install` prints them, nothing installed.
+        let notes = |values: &[&str]| {
+            let chart = chart_dir();
+            let mut args = vec![
+                "install",
+                "jko",
+                chart.to_str().unwrap(),
+                "--dry-run=server",
+                "--namespace",
+                &ns.name,
+                "--set",
+                "crds.enabled=false",
+            ];
+            args.extend(set_args(values));
+            let output = helm_ok(&args);
+            output
+                .split_once("NOTES:")
+                .map(|(_, notes)| notes.to_owned())
+                .unwrap_or_else(|| panic!("no NOTES in:\n{output}"))
+        };
+        let one = notes(&[]);
+        assert!(one.contains("the leader and the standbys alike"), "{one}");
+        assert!(one.contains("WARNING: one replica"), "{one}");
+        let unprotected = notes(&["replicaCount=2"]);
+        assert!(
+            unprotected.contains("WARNING: 2 replicas but no PodDisruptionBudget"),
+            "{unprotected}"
+        );
+        let protected = notes(&["replicaCount=2", "podDisruptionBudget.enabled=true"]);
+        assert!(!protected.contains("WARNING"), "{protected}");
+        assert!(
+            protected.contains("get lease jko-jwt-key-operator"),
+            "{protected}"
+        );
+    })
+    .await;
 }
 
 #[test]
