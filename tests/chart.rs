@@ -35,7 +35,6 @@ use kube::{
     api::{DeleteParams, ListParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -111,10 +110,8 @@ fn render(release: &str, namespace: &str, values: &[&str]) -> Vec<Value> {
 
 /// Every non-empty document of a multi-document YAML stream, as JSON values.
 fn parse_documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("helm renders valid YAML"))
-        .filter(|doc| !doc.is_null())
-        .collect()
+    // Empty documents (a template that renders nothing) are skipped.
+    serde_saphyr::from_multiple::<Value>(yaml).expect("helm renders valid YAML")
 }
 
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -283,7 +280,7 @@ fn numbers_as_f64(value: Value) -> Value {
 fn generated_crd() -> Value {
     let path = common::repo_root().join("crds/jwtsigningkeys.yaml");
     let text = std::fs::read_to_string(&path).expect("reading crds/jwtsigningkeys.yaml");
-    serde_yaml::from_str(&text).expect("crds/jwtsigningkeys.yaml is YAML")
+    serde_saphyr::from_str(&text).expect("crds/jwtsigningkeys.yaml is YAML")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,7 +468,7 @@ async fn the_chart_ships_exactly_the_generated_crd_kept_on_uninstall() {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(
             file.path(),
-            serde_yaml::to_string(one_of_kind(&docs, "CustomResourceDefinition")).unwrap(),
+            serde_saphyr::to_string(one_of_kind(&docs, "CustomResourceDefinition")).unwrap(),
         )
         .unwrap();
         let output = common::kubectl()
@@ -955,7 +952,7 @@ async fn service_account_identity(ns: &TestNamespace, service_account: &str) -> 
         .find(|c| c.name == context.cluster)
         .and_then(|c| c.cluster.clone())
         .expect("the context's cluster");
-    let yaml = serde_yaml::to_string(&json!({
+    let yaml = serde_saphyr::to_string(&json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "test", "cluster": cluster}],

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use common::{install_crd, with_temp_ns};
 use jwt_key_operator::crd::JwtSigningKey;
-use serde::Deserialize;
 use serde_json::Value;
 
 /// Every `.yaml`/`.yml` file under `dir`, recursively, sorted.
@@ -43,13 +42,9 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 /// The non-empty documents of a YAML file.
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| {
-            Value::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
-        })
-        .filter(|doc| !doc.is_null())
-        .collect()
+    // Empty documents are skipped.
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
 }
 
 /// Kinds of other projects that the examples use, as (apiVersion, kind), with the CRDs that
@@ -214,7 +209,7 @@ async fn every_example_document_is_accepted_by_the_api_server() {
                     metadata.remove("namespace");
                 }
                 let path = dir.path().join(format!("doc-{index}.yaml"));
-                std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+                std::fs::write(&path, serde_saphyr::to_string(&doc).unwrap()).unwrap();
                 let output = common::kubectl()
                     .args(["apply", "--server-side", "--dry-run=server"])
                     .args(["--field-manager", common::TEST_MANAGER])
