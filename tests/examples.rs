@@ -7,13 +7,19 @@
 //! that the test cluster does not have); cluster-scoped documents (Namespaces) are dry-run as they are.
 //!
 //! The verifier examples use other projects' kinds (Istio, Envoy Gateway, Gateway API). Those are
-//! listed by name in [`FOREIGN_KINDS`]: where the test cluster does not serve one, its documents
-//! are parsed and checked for the fields the docs rely on, and the skipped dry run is reported by
-//! name. Any other kind the API server does not serve fails the test.
+//! listed by name in [`FOREIGN_KINDS`]. The projects publish their CRDs in Go modules
+//! ([`FOREIGN_CRDS`]); the test downloads those with `go mod download` and installs the CRDs, so
+//! that the examples are dry-run against the published schemas. Where that is not possible (no
+//! `go`, no module proxy) the documents of those kinds are parsed and checked for the fields the
+//! docs rely on, and each skipped dry run is reported by name. Any other kind the API server does
+//! not serve fails the test.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use clap::Parser;
 use common::{install_crd, with_temp_ns};
@@ -64,6 +70,91 @@ const FOREIGN_KINDS: &[(&str, &str, &str)] = &[
         "Gateway API",
     ),
 ];
+
+/// The Go modules, pinned, in which those projects publish the CRDs of [`FOREIGN_KINDS`], and the
+/// CRD files in them.
+const FOREIGN_CRDS: &[(&str, &str, &[&str])] = &[
+    (
+        "istio.io/api",
+        "v1.32.0",
+        &["kubernetes/customresourcedefinitions.gen.yaml"],
+    ),
+    (
+        "sigs.k8s.io/gateway-api",
+        "v1.6.3",
+        &[
+            "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml",
+            "config/crd/standard/gateway.networking.k8s.io_referencegrants.yaml",
+        ],
+    ),
+    (
+        "github.com/envoyproxy/gateway",
+        "v1.5.0",
+        &["charts/gateway-helm/crds/generated/gateway.envoyproxy.io_securitypolicies.yaml"],
+    ),
+];
+
+/// Where `go mod download` put `module@version`.
+fn go_module_dir(module: &str, version: &str) -> Result<PathBuf, String> {
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let output = Command::new("go")
+        .args(["mod", "download", "-json", &format!("{module}@{version}")])
+        .current_dir(scratch.path())
+        .output()
+        .map_err(|e| format!("cannot run go: {e}"))?;
+    let answer: Value = serde_json::from_slice(&output.stdout).map_err(|e| {
+        format!(
+            "go mod download said nothing usable ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    match answer["Dir"].as_str() {
+        Some(dir) if output.status.success() => Ok(PathBuf::from(dir)),
+        _ => Err(format!("go mod download failed: {}", answer["Error"])),
+    }
+}
+
+/// Installs the CRDs of [`FOREIGN_CRDS`] that can be downloaded (cluster-wide; no other test uses
+/// these kinds) and waits until they are established.
+fn install_foreign_crds() {
+    for (module, version, files) in FOREIGN_CRDS {
+        let dir = match go_module_dir(module, version) {
+            Ok(dir) => dir,
+            Err(why) => {
+                eprintln!("cannot get the CRDs of {module}@{version}: {why}");
+                continue;
+            }
+        };
+        for file in *files {
+            let path = dir.join(file);
+            for args in [
+                &[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "--field-manager",
+                    common::TEST_MANAGER,
+                ][..],
+                &["wait", "--for", "condition=established", "--timeout=60s"][..],
+            ] {
+                let output = common::kubectl()
+                    .args(args)
+                    .arg("-f")
+                    .arg(&path)
+                    .output()
+                    .unwrap();
+                assert!(
+                    output.status.success(),
+                    "kubectl {} -f {}: {}",
+                    args[0],
+                    path.display(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+        eprintln!("installed the CRDs of {module}@{version}: {files:?}");
+    }
+}
 
 fn foreign_project(doc: &Value) -> Option<&'static str> {
     FOREIGN_KINDS
@@ -187,6 +278,7 @@ fn every_example_parses_and_every_signing_key_is_a_valid_jwt_signing_key() {
 async fn every_example_document_is_accepted_by_the_api_server() {
     with_temp_ns("examples", |ns| async move {
         install_crd(&ns.client).await;
+        install_foreign_crds();
         let dir = tempfile::tempdir().unwrap();
         let mut skipped = Vec::new();
         for file in yaml_files(&common::repo_root().join("examples")) {
