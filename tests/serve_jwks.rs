@@ -324,17 +324,25 @@ fn traffic(verifier: &mut PyVerifier, key: &TestKey, duration: Duration) {
     }
 }
 
-#[test]
-fn pyjwk_client_verifies_tokens_across_rotations_with_zero_failures() {
-    // The operator's schedule on a compressed clock. PyJWKClient caches the set for `lifespan` and
-    // refetches on an unknown kid only if its last fetch is `cooldown` old: a next key published
-    // `propagation` > cooldown before it signs is always found, whatever the client's cache holds.
-    let lifespan = Duration::from_secs(3);
-    let cooldown = Duration::from_millis(1000);
-    let propagation = Duration::from_millis(1500);
-    const ROTATIONS: usize = 4;
+/// What a PyJWKClient saw over a run of rotations.
+struct RotationRun {
+    verified: usize,
+    failures: Vec<String>,
+    fetches: u64,
+    max_reload_latency: Duration,
+}
 
-    let keys = keys(ROTATIONS + 1);
+/// The operator's schedule on a compressed clock, served by serve-jwks to a PyJWKClient: each
+/// rotation shows a broken mount first (jwks.json missing, then cut off mid-write), publishes the
+/// next key, lets the verifier's traffic run for `propagation`, then makes the next key sign and
+/// verifies a token of the previous key too.
+fn rotations_with_pyjwk_client(
+    rotations: usize,
+    propagation: Duration,
+    lifespan: Duration,
+    cooldown: Duration,
+) -> RotationRun {
+    let keys = keys(rotations + 1);
     let tmp = tempfile::tempdir().unwrap();
     let mut mount = KubeletDir::new(tmp.path().join("jwks"), &published(&[&keys[0]]));
     let server = Server::start(mount.path(), &[]);
@@ -344,7 +352,7 @@ fn pyjwk_client_verifies_tokens_across_rotations_with_zero_failures() {
 
     let mut failed_reloads = 0;
     let mut reload_latencies = Vec::new();
-    for rotation in 1..=ROTATIONS {
+    for rotation in 1..=rotations {
         let (active, next) = (&keys[rotation - 1], &keys[rotation]);
         let retired = (rotation >= 2).then(|| &keys[rotation - 2]);
 
@@ -385,17 +393,73 @@ fn pyjwk_client_verifies_tokens_across_rotations_with_zero_failures() {
     }
 
     let (verified, failures, fetches) = verifier.finish();
-    eprintln!(
-        "FIGURE serve-jwks + PyJWKClient: {verified} tokens over {ROTATIONS} rotations, \
-         {} failures, {fetches} JWKS fetches; swap-to-served latency max {:?}",
-        failures.len(),
-        reload_latencies.iter().max().unwrap()
+    RotationRun {
+        verified,
+        failures,
+        fetches,
+        max_reload_latency: reload_latencies.into_iter().max().unwrap(),
+    }
+}
+
+#[test]
+fn pyjwk_client_verifies_tokens_across_rotations_with_zero_failures() {
+    // PyJWKClient caches the set for `lifespan` and refetches on an unknown kid only if its last
+    // fetch is `cooldown` old: a next key published `propagation` > cooldown before it signs is
+    // always found, whatever the client's cache holds.
+    const ROTATIONS: usize = 4;
+    let run = rotations_with_pyjwk_client(
+        ROTATIONS,
+        Duration::from_millis(1500),
+        Duration::from_secs(3),
+        Duration::from_millis(1000),
     );
-    assert!(failures.is_empty(), "failed verifications: {failures:#?}");
-    assert!(verified > 10 * ROTATIONS, "only {verified} tokens verified");
+    eprintln!(
+        "FIGURE serve-jwks + PyJWKClient: {} tokens over {ROTATIONS} rotations, {} failures, \
+         {} JWKS fetches; swap-to-served latency max {:?}",
+        run.verified,
+        run.failures.len(),
+        run.fetches,
+        run.max_reload_latency
+    );
     assert!(
-        fetches > ROTATIONS as u64,
-        "PyJWKClient fetched the set {fetches} times: each new key must have come over HTTP"
+        run.failures.is_empty(),
+        "failed verifications: {:#?}",
+        run.failures
+    );
+    assert!(
+        run.verified > 10 * ROTATIONS,
+        "only {} tokens verified",
+        run.verified
+    );
+    assert!(
+        run.fetches > ROTATIONS as u64,
+        "PyJWKClient fetched the set {} times: each new key must have come over HTTP",
+        run.fetches
+    );
+}
+
+#[test]
+fn a_propagation_delay_shorter_than_the_clients_refetch_cooldown_fails_tokens() {
+    // The control for the test above and for the table in docs/consumers.md: when the next key
+    // signs sooner after its publication than the client's refetch cooldown, a client that
+    // fetched just before the publication refuses the new kid. So the zero above is earned.
+    let run = rotations_with_pyjwk_client(
+        2,
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+        Duration::from_secs(3),
+    );
+    eprintln!(
+        "FIGURE PyJWKClient with propagation 0.2 s < cooldown 3 s: {} failures, {} verified",
+        run.failures.len(),
+        run.verified
+    );
+    assert!(
+        run.failures
+            .iter()
+            .any(|f| f.contains("Unable to find a signing key")),
+        "expected unknown-kid failures, got {:#?}",
+        run.failures
     );
 }
 
