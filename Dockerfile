@@ -17,7 +17,8 @@ RUN cargo build --release --locked --bin jwt-key-operator \
 # distroless/static: CA certificates and /etc/passwd only; no shell, no package manager.
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /jwt-key-operator /usr/local/bin/jwt-key-operator
-# 65532 is distroless's "nonroot" user; the chart sets the same IDs and runAsNonRoot.
+# 65532 is distroless's "nonroot" user. The chart pins no UID or GID: it sets runAsNonRoot, which
+# needs this numeric USER, and platforms that assign UIDs (OpenShift) may run it as another one.
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/jwt-key-operator"]

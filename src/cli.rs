@@ -1,5 +1,7 @@
 //! Command line of the `jwt-key-operator` binary.
 
+use std::path::PathBuf;
+
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 /// Generates, publishes and rotates RSA JWT signing keys on Kubernetes.
@@ -26,6 +28,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinition YAML.
     Crd,
+    /// Serve a mounted JWKS ConfigMap over HTTP (/.well-known/jwks.json, OpenID discovery).
+    ServeJwks(ServeJwksArgs),
 }
 
 /// Log output format.
@@ -81,4 +85,35 @@ pub struct RunArgs {
     /// replicas (Go duration).
     #[arg(long, env = "ACTIVATION_MARGIN", default_value = "1s")]
     pub activation_margin: crate::duration::GoDuration,
+}
+
+/// Options of `serve-jwks`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeJwksArgs {
+    /// Directory where the JWKS ConfigMap is mounted (holds `jwks.json`).
+    #[arg(long, env = "JWKS_DIR")]
+    pub dir: PathBuf,
+
+    /// Issuer URL (the tokens' `iss`): also serve `<issuer path>/.well-known/openid-configuration`
+    /// with `jwks_uri` = `<issuer>/.well-known/jwks.json`.
+    #[arg(long, env = "ISSUER")]
+    pub issuer: Option<String>,
+
+    /// Address of the HTTP server.
+    #[arg(long, env = "HTTP_ADDRESS", default_value = "0.0.0.0")]
+    pub http_address: String,
+
+    /// Port of the HTTP server; 0 picks a free port (logged at start-up).
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+
+    /// `Cache-Control: max-age` of the responses, in seconds. Verifiers that honour it may use
+    /// a key set this much older than the mount: keep it well below `propagationDelay`.
+    #[arg(long, env = "MAX_AGE_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    pub max_age: u32,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }

@@ -432,7 +432,7 @@ pub fn crd_yaml() -> String {
     let crd = JwtSigningKey::crd();
     let mut yaml =
         String::from("# Generated from the Rust types by `jwt-key-operator crd`. Do not edit.\n");
-    yaml.push_str(&serde_yaml::to_string(&crd).expect("the CRD serializes"));
+    yaml.push_str(&serde_saphyr::to_string(&crd).expect("the CRD serializes"));
     yaml
 }
 

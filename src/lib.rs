@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod resources;
 pub mod run;
 pub mod schedule;
+pub mod serve_jwks;

@@ -13,5 +13,6 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Command::Run(args) => jwt_key_operator::run::run(args).await,
+        Command::ServeJwks(args) => jwt_key_operator::serve_jwks::serve_jwks(args).await,
     }
 }

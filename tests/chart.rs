@@ -36,7 +36,6 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -46,9 +45,30 @@ fn chart_dir() -> PathBuf {
     common::repo_root().join("charts/jwt-key-operator")
 }
 
-/// Runs helm with `args`; returns (success, stdout, stderr).
+/// The Kubernetes version of the test control plane (`tests/control-plane/versions.env`).
+fn kube_version() -> String {
+    let pins =
+        std::fs::read_to_string(common::repo_root().join("tests/control-plane/versions.env"))
+            .expect("tests/control-plane/versions.env");
+    pins.lines()
+        .find_map(|line| line.strip_prefix("KUBERNETES_VERSION="))
+        .expect("KUBERNETES_VERSION in versions.env")
+        .trim()
+        .to_owned()
+}
+
+/// Runs helm with `args`; returns (success, stdout, stderr). Commands that do not ask the API server
+/// (lint, template, a client-side dry run) are told its version, which the chart's kubeVersion
+/// checks: a helm built from source otherwise assumes Kubernetes 1.20.
 fn helm(args: &[&str]) -> (bool, String, String) {
-    let output = common::helm().args(args).output().expect("running helm");
+    let offline =
+        matches!(args.first(), Some(&"lint" | &"template")) || args.contains(&"--dry-run=client");
+    let mut command = common::helm();
+    command.args(args);
+    if offline {
+        command.args(["--kube-version", &kube_version()]);
+    }
+    let output = command.output().expect("running helm");
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -91,10 +111,8 @@ fn render(release: &str, namespace: &str, values: &[&str]) -> Vec<Value> {
 
 /// Every non-empty document of a multi-document YAML stream, as JSON values.
 fn parse_documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("helm renders valid YAML"))
-        .filter(|doc| !doc.is_null())
-        .collect()
+    // Empty documents (a template that renders nothing) are skipped.
+    serde_saphyr::from_multiple::<Value>(yaml).expect("helm renders valid YAML")
 }
 
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -264,7 +282,7 @@ fn numbers_as_f64(value: Value) -> Value {
 fn generated_crd() -> Value {
     let path = common::repo_root().join("crds/jwtsigningkeys.yaml");
     let text = std::fs::read_to_string(&path).expect("reading crds/jwtsigningkeys.yaml");
-    serde_yaml::from_str(&text).expect("crds/jwtsigningkeys.yaml is YAML")
+    serde_saphyr::from_str(&text).expect("crds/jwtsigningkeys.yaml is YAML")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,6 +355,20 @@ async fn default_values_render_a_hardened_cluster_wide_install_with_least_privil
         let pod = &deployment["spec"]["template"]["spec"];
         assert_eq!(pod["serviceAccountName"], fullname);
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        // No pinned UID/GID: the image's non-root user, enforced by runAsNonRoot.
+        for pinned in ["runAsUser", "runAsGroup", "fsGroup"] {
+            assert!(
+                pod["securityContext"].get(pinned).is_none(),
+                "{pinned} is not pinned"
+            );
+        }
+        assert_eq!(pod["nodeSelector"], json!({"kubernetes.io/os": "linux"}));
+        assert!(pod.get("volumes").is_none(), "no extra volumes by default");
+        // Without a ServiceMonitor, Prometheus finds the pods by annotation.
+        assert_eq!(
+            deployment["spec"]["template"]["metadata"]["annotations"],
+            json!({"prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"})
+        );
         assert_eq!(
             pod["securityContext"]["seccompProfile"]["type"],
             "RuntimeDefault"
@@ -359,12 +391,14 @@ async fn default_values_render_a_hardened_cluster_wide_install_with_least_privil
         assert_eq!(container["ports"][0]["name"], "http");
         assert_eq!(container["ports"][0]["containerPort"], 8080);
         assert_eq!(
-            container["livenessProbe"]["httpGet"],
-            json!({"path": "/healthz", "port": "http"})
+            container["livenessProbe"],
+            json!({"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 5,
+                   "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3})
         );
         assert_eq!(
-            container["readinessProbe"]["httpGet"],
-            json!({"path": "/readyz", "port": "http"})
+            container["readinessProbe"],
+            json!({"httpGet": {"path": "/readyz", "port": "http"}, "initialDelaySeconds": 2,
+                   "periodSeconds": 5, "timeoutSeconds": 1, "failureThreshold": 3})
         );
         assert_eq!(
             container["args"],
@@ -438,7 +472,7 @@ async fn the_chart_ships_exactly_the_generated_crd_kept_on_uninstall() {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(
             file.path(),
-            serde_yaml::to_string(one_of_kind(&docs, "CustomResourceDefinition")).unwrap(),
+            serde_saphyr::to_string(one_of_kind(&docs, "CustomResourceDefinition")).unwrap(),
         )
         .unwrap();
         let output = common::kubectl()
@@ -614,10 +648,15 @@ async fn user_roles_aggregate_into_the_built_in_view_edit_and_admin_roles() {
 async fn service_monitor_and_disruption_budget_render_when_enabled() {
     with_temp_ns("chart-optional", |ns| async move {
         let values = [
-            "serviceMonitor.enabled=true",
-            "serviceMonitor.labels.release=prometheus",
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.serviceMonitor.labels.release=prometheus",
+            "metrics.serviceMonitor.honorLabels=true",
+            "metrics.serviceMonitor.annotations.owner=platform",
+            "metrics.serviceMonitor.endpointAdditionalProperties.metricRelabelings[0].action=drop",
+            "metrics.serviceMonitor.endpointAdditionalProperties.metricRelabelings[0].regex=go_.*",
+            "metrics.serviceMonitor.endpointAdditionalProperties.metricRelabelings[0].sourceLabels[0]=__name__",
             "podDisruptionBudget.enabled=true",
-            "replicas=2",
+            "replicaCount=2",
         ];
         lint(&values);
         let docs = render("jko", &ns.name, &values);
@@ -625,6 +664,18 @@ async fn service_monitor_and_disruption_budget_render_when_enabled() {
         assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
         assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http-metrics");
         assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+        assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
+        assert_eq!(monitor["metadata"]["annotations"]["owner"], "platform");
+        assert_eq!(
+            monitor["spec"]["endpoints"][0]["metricRelabelings"],
+            json!([{"action": "drop", "regex": "go_.*", "sourceLabels": ["__name__"]}])
+        );
+        assert!(
+            one_of_kind(&docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+                .get("prometheus.io/scrape")
+                .is_none(),
+            "no scrape annotations next to a ServiceMonitor"
+        );
         let service = one_of_kind(&docs, "Service");
         assert_eq!(service["spec"]["ports"][0]["name"], "http-metrics");
         for (key, value) in monitor["spec"]["selector"]["matchLabels"]
@@ -691,12 +742,147 @@ async fn the_ci_values_files_lint_and_render() {
 }
 
 #[tokio::test]
+async fn extra_args_env_volumes_and_probe_switches_reach_the_deployment() {
+    with_temp_ns("chart-extras", |ns| async move {
+        let values = [
+            "replicaCount=3",
+            "extraArgs[0]=--log-format=text",
+            "extraEnv[0].name=HTTPS_PROXY",
+            "extraEnv[0].value=http://proxy:3128",
+            "volumes[0].name=ca",
+            "volumes[0].configMap.name=corporate-ca",
+            "volumeMounts[0].name=ca",
+            "volumeMounts[0].mountPath=/etc/ssl/corporate",
+            "livenessProbe.enabled=false",
+            "readinessProbe.timeoutSeconds=3",
+            "metrics.service.enabled=false",
+            "metrics.podAnnotations=false",
+            "nodeSelector=null",
+        ];
+        lint(&values);
+        let docs = render("jko", &ns.name, &values);
+        let deployment = one_of_kind(&docs, "Deployment");
+        assert_eq!(deployment["spec"]["replicas"], 3);
+        assert!(
+            deployment["spec"]["template"]["metadata"]
+                .get("annotations")
+                .is_none(),
+            "metrics.podAnnotations=false"
+        );
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["volumes"],
+            json!([{"name": "ca", "configMap": {"name": "corporate-ca"}}])
+        );
+        assert!(pod.get("nodeSelector").is_none());
+        let container = container(&docs);
+        assert_eq!(
+            container["args"].as_array().unwrap().last().unwrap(),
+            "--log-format=text",
+            "extra arguments come after the chart's"
+        );
+        assert_eq!(env(container)["HTTPS_PROXY"], "http://proxy:3128");
+        assert_eq!(
+            container["volumeMounts"],
+            json!([{"name": "ca", "mountPath": "/etc/ssl/corporate"}])
+        );
+        assert!(container.get("livenessProbe").is_none());
+        assert_eq!(container["readinessProbe"]["timeoutSeconds"], 3);
+        assert!(
+            container["readinessProbe"].get("enabled").is_none(),
+            "the switch is not passed to Kubernetes"
+        );
+        assert!(of_kind(&docs, "Service").is_empty(), "no metrics Service");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn notes_tell_the_truth_about_readiness_and_warn_on_one_replica_or_no_budget() {
+    with_temp_ns("chart-notes", |ns| async move {
+        // A server-side dry run: the notes as `helm install` prints them, nothing installed.
+        let notes = |values: &[&str]| {
+            let chart = chart_dir();
+            let mut args = vec![
+                "install",
+                "jko",
+                chart.to_str().unwrap(),
+                "--dry-run=server",
+                "--namespace",
+                &ns.name,
+                "--set",
+                "crds.enabled=false",
+            ];
+            args.extend(set_args(values));
+            let output = helm_ok(&args);
+            output
+                .split_once("NOTES:")
+                .map(|(_, notes)| notes.to_owned())
+                .unwrap_or_else(|| panic!("no NOTES in:\n{output}"))
+        };
+        let one = notes(&[]);
+        assert!(one.contains("the leader and the standbys alike"), "{one}");
+        assert!(one.contains("WARNING: one replica"), "{one}");
+        let unprotected = notes(&["replicaCount=2"]);
+        assert!(
+            unprotected.contains("WARNING: 2 replicas but no PodDisruptionBudget"),
+            "{unprotected}"
+        );
+        let protected = notes(&["replicaCount=2", "podDisruptionBudget.enabled=true"]);
+        assert!(!protected.contains("WARNING"), "{protected}");
+        assert!(
+            protected.contains("get lease jko-jwt-key-operator"),
+            "{protected}"
+        );
+    })
+    .await;
+}
+
+#[test]
+fn the_chart_readme_values_table_is_generated_from_values_yaml() {
+    let script = common::repo_root().join("scripts/chart-docs");
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg("--check")
+        .output()
+        .unwrap_or_else(|err| panic!("running {}: {err}", script.display()));
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Every value of values.yaml is in the table (the script lists documented ones only).
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).unwrap();
+    for key in [
+        "replicaCount",
+        "extraArgs",
+        "extraEnv",
+        "volumes",
+        "volumeMounts",
+        "livenessProbe.timeoutSeconds",
+        "metrics.service.enabled",
+        "metrics.serviceMonitor.honorLabels",
+        "metrics.serviceMonitor.endpointAdditionalProperties",
+        "nodeSelector",
+    ] {
+        assert!(
+            readme.contains(&format!("| `{key}` |")),
+            "{key} is not in the README table"
+        );
+    }
+}
+
+#[tokio::test]
 async fn bad_values_are_refused_with_a_message_naming_the_value() {
     with_temp_ns("chart-schema", |ns| async move {
         let cases: &[(&[&str], &str)] = &[
-            (&["replicas=0"], "at '/replicas': minimum: got 0, want 1"),
-            (&["replicas=1.5"], "/replicas"),
-            (&["replicas=two"], "/replicas"),
+            (
+                &["replicaCount=0"],
+                "at '/replicaCount': minimum: got 0, want 1",
+            ),
+            (&["replicaCount=1.5"], "/replicaCount"),
+            (&["replicaCount=two"], "/replicaCount"),
             (&["watchNamespaces={Team_A}"], "at '/watchNamespaces/0'"),
             (&["watchNamespaces=team-a"], "at '/watchNamespaces'"),
             (&["watchNamespaces={a,a}"], "at '/watchNamespaces'"),
@@ -718,16 +904,40 @@ async fn bad_values_are_refused_with_a_message_naming_the_value() {
                 "/podSecurityContext/runAsNonRoot",
             ),
             (
-                &["replicaCount=2"],
-                "additional properties 'replicaCount' not allowed",
+                &["replicas=2"],
+                "additional properties 'replicas' not allowed",
+            ),
+            (
+                &["livenessProbe.timeout=3"],
+                "additional properties 'timeout' not allowed",
+            ),
+            (
+                &["readinessProbe.timeoutSeconds=0"],
+                "/readinessProbe/timeoutSeconds",
+            ),
+            (
+                &["metrics.serviceMonitor.honourLabels=true"],
+                "additional properties 'honourLabels' not allowed",
+            ),
+            (
+                &["service.port=9090"],
+                "additional properties 'service' not allowed",
+            ),
+            (&["extraArgs[0].flag=x"], "/extraArgs/0"),
+            (
+                &[
+                    "metrics.serviceMonitor.enabled=true",
+                    "metrics.service.enabled=false",
+                ],
+                "metrics.serviceMonitor.enabled needs metrics.service.enabled",
             ),
             (
                 &["podDisruptionBudget.maxUnavailable=lots"],
                 "/podDisruptionBudget/maxUnavailable",
             ),
             (
-                &["replicas=2", "leaderElection.enabled=false"],
-                "replicas > 1 needs leaderElection.enabled=true",
+                &["replicaCount=2", "leaderElection.enabled=false"],
+                "replicaCount > 1 needs leaderElection.enabled=true",
             ),
             (
                 &[
@@ -848,7 +1058,7 @@ async fn service_account_identity(ns: &TestNamespace, service_account: &str) -> 
         .find(|c| c.name == context.cluster)
         .and_then(|c| c.cluster.clone())
         .expect("the context's cluster");
-    let yaml = serde_yaml::to_string(&json!({
+    let yaml = serde_saphyr::to_string(&json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "test", "cluster": cluster}],
@@ -1357,7 +1567,7 @@ async fn helm_upgrade_applies_changed_values_and_leaves_the_crd_in_place() {
             &release.namespace,
             "--reuse-values",
             "--set",
-            "replicas=2",
+            "replicaCount=2",
             "--set",
             &format!("watchNamespaces={{{}}}", ns.name),
             "--set",

@@ -15,7 +15,8 @@ fn the_crd_in_the_repository_matches_the_rust_types() {
 #[test]
 fn the_sample_deserializes_into_the_rust_types() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jwtsigningkey.yaml");
-    let key: JwtSigningKey = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let key: JwtSigningKey =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(key.secret_name(), "auth-signing-key");
     assert!(key.spec.timing().is_ok());
 }

@@ -1,6 +1,6 @@
 //! Errors of loading keys, signing and verifying; each variant says what a caller can act on.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Loading keys from a mounted directory failed; on a reload the previous keys stay in use.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,14 @@ pub enum LoadError {
         /// The `kid` file.
         path: PathBuf,
     },
+}
+
+/// Reads a whole file, naming it in the error.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Signing a token failed.

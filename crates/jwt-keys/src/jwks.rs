@@ -9,8 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
-use crate::error::LoadError;
-use crate::reload::{Load, read_file};
+use crate::error::{LoadError, read_file};
+use crate::reload::Load;
 
 /// Name of the JWK set file in the ConfigMap the operator publishes.
 pub const JWKS_FILE: &str = "jwks.json";
@@ -156,6 +156,8 @@ impl PublicKey {
 }
 
 impl Load for KeySet {
+    type Error = LoadError;
+
     fn load(dir: &Path) -> Result<KeySet, LoadError> {
         let path = dir.join(JWKS_FILE);
         let json = read_file(&path)?;

@@ -18,6 +18,11 @@
 //! [`VerifierBuilder::unknown_kid_reload_interval`]. A reload that reads a broken or partial
 //! file keeps the previous keys and logs the error.
 //!
+//! The following of a mounted directory is the public, generic [`reload`] module. Built
+//! without a crypto backend feature (`default-features = false`), the crate is only that
+//! module, for programs that follow a mount but never sign or verify (the operator's
+//! `serve-jwks`).
+//!
 //! ```no_run
 //! use jwt_keys::{Signer, Verifier};
 //! use serde::{Deserialize, Serialize};
@@ -40,43 +45,53 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod crypto;
-mod error;
-mod jwks;
-mod reload;
-mod signer;
-mod token;
-mod verifier;
-
-pub use crypto::Backend;
-pub use error::{LoadError, SignError, VerifyError};
-pub use jsonwebtoken::Algorithm;
-pub use jwks::{KeySet, PublicKey};
+pub mod reload;
 pub use reload::ReloadStatus;
-pub use signer::{Signer, SignerBuilder, SigningKey};
-pub use token::TokenHeader;
-pub use verifier::{Verified, Verifier, VerifierBuilder};
 
-/// The algorithms the operator can configure: the RSA PKCS#1 v1.5 and RSA-PSS families.
-pub const SUPPORTED_ALGORITHMS: [Algorithm; 6] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-];
-
-/// Parses an algorithm name as the operator writes it (`RS256` ... `PS512`); any other name,
-/// including `none` and the HMAC family, is refused.
-pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
-    SUPPORTED_ALGORITHMS
-        .into_iter()
-        .find(|alg| algorithm_name(*alg) == name)
+/// Marks items that need a jsonwebtoken crypto backend: without one, only [`reload`] is built.
+macro_rules! with_backend {
+    ($($item:item)*) => {
+        $(#[cfg(any(feature = "aws_lc_rs", feature = "rust_crypto"))] $item)*
+    };
 }
 
-/// The JOSE name of an algorithm (`RS256`), as written in the `alg` header and JWK member.
-pub fn algorithm_name(alg: Algorithm) -> String {
-    // jsonwebtoken's variant names are the JOSE names.
-    format!("{alg:?}")
+with_backend! {
+    mod crypto;
+    mod error;
+    mod jwks;
+    mod signer;
+    mod token;
+    mod verifier;
+
+    pub use crypto::Backend;
+    pub use error::{LoadError, SignError, VerifyError};
+    pub use jsonwebtoken::Algorithm;
+    pub use jwks::{KeySet, PublicKey};
+    pub use signer::{Signer, SignerBuilder, SigningKey};
+    pub use token::TokenHeader;
+    pub use verifier::{Verified, Verifier, VerifierBuilder};
+
+    /// The algorithms the operator can configure: the RSA PKCS#1 v1.5 and RSA-PSS families.
+    pub const SUPPORTED_ALGORITHMS: [Algorithm; 6] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ];
+
+    /// Parses an algorithm name as the operator writes it (`RS256` ... `PS512`); any other name,
+    /// including `none` and the HMAC family, is refused.
+    pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+        SUPPORTED_ALGORITHMS
+            .into_iter()
+            .find(|alg| algorithm_name(*alg) == name)
+    }
+
+    /// The JOSE name of an algorithm (`RS256`), as written in the `alg` header and JWK member.
+    pub fn algorithm_name(alg: Algorithm) -> String {
+        // jsonwebtoken's variant names are the JOSE names.
+        format!("{alg:?}")
+    }
 }

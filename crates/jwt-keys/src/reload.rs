@@ -6,6 +6,10 @@
 //! consistent snapshot even while a swap happens. A file watcher on the directory sees the
 //! rename; a periodic re-stat catches what the watcher misses (no inotify, overlay quirks).
 //! Keys live behind an `ArcSwap`, so readers never wait for a reload.
+//!
+//! The module is generic: anything that implements [`Load`] can be followed, and it is built
+//! also without a crypto backend feature, so that other programs (the operator's `serve-jwks`)
+//! share the same reload logic.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -16,30 +20,23 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use crate::error::LoadError;
-
 /// The symlink through which the kubelet swaps a volume's content.
-pub(crate) const DATA_LINK: &str = "..data";
+pub const DATA_LINK: &str = "..data";
 
 /// Something that can be loaded from a (resolved) mounted directory.
-pub(crate) trait Load: Sized + Send + Sync + 'static {
-    /// Reads and parses the files this type needs from `dir`.
-    fn load(dir: &Path) -> Result<Self, LoadError>;
+pub trait Load: Sized + Send + Sync + 'static {
+    /// Why loading failed; logged and kept in [`ReloadStatus::last_error`].
+    type Error: std::fmt::Display;
+    /// Reads and parses the files this type needs from `dir`. An error keeps the previous
+    /// value in use, so reject partial or invalid content here.
+    fn load(dir: &Path) -> Result<Self, Self::Error>;
     /// A short description for logs (key ids only, never key material).
     fn describe(&self) -> String;
 }
 
-/// Reads a whole file, naming it in the error.
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|source| LoadError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 /// How a mounted directory is followed.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ReloadOptions {
+pub struct ReloadOptions {
     /// Watch the directory for changes with `notify`.
     pub watch: bool,
     /// Re-stat the files this often and reload when they changed; `None` disables polling.
@@ -104,7 +101,7 @@ fn inode(_meta: &std::fs::Metadata) -> u64 {
 
 /// The directory to read files from: the target of `..data` when the kubelet manages `dir`,
 /// `dir` itself otherwise (a plain directory, e.g. in local development).
-pub(crate) fn data_dir(dir: &Path) -> PathBuf {
+pub fn data_dir(dir: &Path) -> PathBuf {
     let link = dir.join(DATA_LINK);
     if link.symlink_metadata().is_ok()
         && let Ok(resolved) = std::fs::canonicalize(&link)
@@ -138,7 +135,10 @@ struct Guard {
 }
 
 /// A value loaded from a mounted directory that replaces itself when the directory changes.
-pub(crate) struct Reloading<T> {
+///
+/// Cloning is cheap; clones share the value, the watcher and the poll thread, which stop when
+/// the last clone is dropped.
+pub struct Reloading<T> {
     shared: Arc<Shared<T>>,
     _guard: Arc<Guard>,
 }
@@ -154,7 +154,7 @@ impl<T> Clone for Reloading<T> {
 
 impl<T: Load> Reloading<T> {
     /// Loads `dir` (failing if that fails) and starts following it.
-    pub(crate) fn start(dir: PathBuf, options: ReloadOptions) -> Result<Reloading<T>, LoadError> {
+    pub fn start(dir: PathBuf, options: ReloadOptions) -> Result<Reloading<T>, T::Error> {
         let data = data_dir(&dir);
         let fingerprint = Fingerprint::of(&dir, &data);
         let initial = T::load(&data)?;
@@ -193,13 +193,13 @@ impl<T: Load> Reloading<T> {
     }
 
     /// The current value; cheap and lock-free.
-    pub(crate) fn current(&self) -> Arc<T> {
+    pub fn current(&self) -> Arc<T> {
         self.shared.current.load_full()
     }
 
     /// Re-reads the directory now unless a forced reload happened less than the configured
     /// interval ago; returns whether it re-read.
-    pub(crate) fn force_reload(&self) -> bool {
+    pub fn force_reload(&self) -> bool {
         let shared = &self.shared;
         let now = shared.epoch.elapsed().as_millis() as u64 + 1;
         let last = shared.last_forced_ms.load(Ordering::Acquire);
@@ -220,17 +220,17 @@ impl<T: Load> Reloading<T> {
     }
 
     /// Reloads if the files changed since the last successful load.
-    pub(crate) fn reload_if_changed(&self) {
+    pub fn reload_if_changed(&self) {
         self.shared.reload(Trigger::Changed);
     }
 
     /// A snapshot of the counters.
-    pub(crate) fn status(&self) -> ReloadStatus {
+    pub fn status(&self) -> ReloadStatus {
         self.shared.lock_state().status.clone()
     }
 
     /// The directory being followed.
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         &self.shared.dir
     }
 }

@@ -10,8 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-use crate::error::{LoadError, SignError};
-use crate::reload::{Load, ReloadOptions, ReloadStatus, Reloading, read_file};
+use crate::error::{LoadError, SignError, read_file};
+use crate::reload::{Load, ReloadOptions, ReloadStatus, Reloading};
 
 /// The Secret entry holding the signing key (PKCS#8 PEM).
 pub const PRIVATE_KEY_FILE: &str = "private.pem";
@@ -186,6 +186,8 @@ impl SigningKey {
 }
 
 impl Load for SigningKey {
+    type Error = LoadError;
+
     fn load(dir: &Path) -> Result<SigningKey, LoadError> {
         let pem = read_file(&dir.join(PRIVATE_KEY_FILE))?;
         let kid = read_file(&dir.join(KID_FILE))?;
