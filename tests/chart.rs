@@ -46,17 +46,6 @@ fn chart_dir() -> PathBuf {
 }
 
 /// The Kubernetes version of the test control plane (`tests/control-plane/versions.env`).
-fn kube_version() -> String {
-    let pins =
-        std::fs::read_to_string(common::repo_root().join("tests/control-plane/versions.env"))
-            .expect("tests/control-plane/versions.env");
-    pins.lines()
-        .find_map(|line| line.strip_prefix("KUBERNETES_VERSION="))
-        .expect("KUBERNETES_VERSION in versions.env")
-        .trim()
-        .to_owned()
-}
-
 /// Runs helm with `args`; returns (success, stdout, stderr). Commands that do not ask the API server
 /// (lint, template, a client-side dry run) are told its version, which the chart's kubeVersion
 /// checks: a helm built from source otherwise assumes Kubernetes 1.20.
@@ -66,7 +55,7 @@ fn helm(args: &[&str]) -> (bool, String, String) {
     let mut command = common::helm();
     command.args(args);
     if offline {
-        command.args(["--kube-version", &kube_version()]);
+        command.args(["--kube-version", &common::kube_version()]);
     }
     let output = command.output().expect("running helm");
     (

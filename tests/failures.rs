@@ -393,3 +393,70 @@ async fn an_altered_modulus_is_rebuilt_from_the_private_key() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn deleting_the_secret_and_the_home_config_map_together_keeps_the_keys_in_the_copies() {
+    with_temp_ns("fail-both-gone", |ns| async move {
+        install_crd(&ns.client).await;
+        let copy = ns.extra("copy", &[("jwks", "auth")]).await;
+        accept_from(&ns.client, &copy, Some(&format!("{}/auth", ns.name))).await;
+        let _operator = operator(&[&ns.name, &copy]);
+        let spec = json!({
+            "rotationInterval": "1h", "propagationDelay": "2s", "maxTokenLifetime": "60s",
+            "publish": {"namespaceSelector": {"matchLabels": {"jwks": "auth"}}},
+        });
+        let mut kid = create_ready(&ns, &jsk("auth", spec)).await;
+        annotate(&ns, "auth", json!({"jwtkeys.dev/rotate": "once"})).await;
+        kid = wait_new_signing_key(&ns, "auth", &kid).await;
+        let published = wait_for("both keys in the copy", REACT, || async {
+            let data = config_map_data(&ns.client, &copy, "auth-jwks").await?;
+            let kids = jwks_kids(&data);
+            (kids.len() == 2 && kids[0] == kid).then_some(kids)
+        })
+        .await;
+        let history = History::record(
+            &ns.client,
+            std::slice::from_ref(&copy),
+            "auth-signing-key",
+            "auth-jwks",
+        )
+        .await;
+
+        Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+            .delete("auth-signing-key", &DeleteParams::default())
+            .await
+            .unwrap();
+        Api::<ConfigMap>::namespaced(ns.client.clone(), &ns.name)
+            .delete("auth-jwks", &DeleteParams::default())
+            .await
+            .unwrap();
+        let fresh = wait_for("a new signing key", REACT, || async {
+            let secret = secret_text(&ns.client, &ns.name, "auth-signing-key").await?;
+            (secret[jwt_key_operator::resources::KID] != kid)
+                .then(|| secret[jwt_key_operator::resources::KID].clone())
+        })
+        .await;
+        let home = wait_for("the home ConfigMap again", REACT, || async {
+            let data = config_map_data(&ns.client, &ns.name, "auth-jwks").await?;
+            (jwks_kids(&data).contains(&fresh)).then_some(data)
+        })
+        .await;
+        for old in &published {
+            assert!(
+                jwks_kids(&home).contains(old),
+                "{old} is published at home again"
+            );
+        }
+        for version in history.versions() {
+            if version.kind == "ConfigMap" {
+                let kids = version.kids.unwrap_or_default();
+                assert!(
+                    published.iter().all(|k| kids.contains(k)),
+                    "the copy dropped a key that verifiers may need: {kids:?}"
+                );
+            }
+        }
+        assert_secret_token_verifies(&ns.client, &ns.name, &copy).await;
+    })
+    .await;
+}

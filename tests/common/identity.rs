@@ -181,7 +181,8 @@ fn render(release: &str, scope: &Scope) -> Vec<Value> {
     helm.arg("template")
         .arg(release)
         .arg(&chart)
-        .args(["--namespace", &scope.namespace]);
+        .args(["--namespace", &scope.namespace])
+        .args(["--kube-version", &super::kube_version()]);
     for value in &values {
         helm.args(["--set", value]);
     }

@@ -33,6 +33,19 @@ pub use identity::{ChartIdentity, Scope};
 pub use namespace::{TestNamespace, with_temp_ns};
 pub use operator::OperatorProcess;
 
+/// The Kubernetes version of the test control plane (`tests/control-plane/versions.env`), for helm
+/// commands that do not ask the API server: a helm built from source otherwise assumes 1.20, which
+/// the chart's kubeVersion refuses.
+pub fn kube_version() -> String {
+    let pins = std::fs::read_to_string(repo_root().join("tests/control-plane/versions.env"))
+        .expect("tests/control-plane/versions.env");
+    pins.lines()
+        .find_map(|line| line.strip_prefix("KUBERNETES_VERSION="))
+        .expect("KUBERNETES_VERSION in versions.env")
+        .trim()
+        .to_owned()
+}
+
 /// The repository root: the nearest ancestor of this crate that holds `tests/control-plane/up`.
 pub fn repo_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
