@@ -177,13 +177,7 @@ impl LeaderElector {
         }
         let transitions = spec.lease_transitions.unwrap_or(0)
             + i32::from(holder.as_deref() != Some(&self.identity));
-        let mut taken = lease;
-        taken.spec = Some(self.spec(transitions));
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &taken)
-            .await
-        {
+        match self.patch(&version, &self.spec(transitions)).await {
             Ok(_) => Ok(true),
             Err(e) if is_conflict(&e) => Ok(false),
             Err(e) => Err(e),

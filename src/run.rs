@@ -380,7 +380,9 @@ async fn controller_for(
     )
     .backoff(WatchBackoff::default())
     .applied_objects();
-    let controller = Controller::for_stream(keys, store.clone());
+    // Errors from any watch pause every trigger of the controller: cap that pause too.
+    let controller =
+        Controller::for_stream(keys, store.clone()).trigger_backoff(WatchBackoff::default());
 
     // Secrets and ConfigMaps are matched by name, so that a conflicting object that goes away frees
     // the name at once. Only metadata is watched: the operator never caches other Secrets' data.
