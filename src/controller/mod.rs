@@ -306,6 +306,9 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
     });
+    // A reconcile that started before this replica froze and ends after its fence closed does not
+    // count as done: the replica that holds the Lease now owns the key.
+    let result = result.and_then(|action| ctx.check_fence().map(|()| action));
     if let Ok(action) = &result {
         ctx.succeeded(&jsk);
         info!(?action, "reconciled");
