@@ -485,15 +485,19 @@ impl History {
 }
 
 /// Signs a token with the Secret's `private.pem` and verifies it with the JWK of its kid from the
-/// ConfigMap's `jwks.json` in `namespace`; panics with the reason when it does not verify.
-pub async fn assert_secret_token_verifies(client: &Client, secret_ns: &str, namespace: &str) {
+/// ConfigMap's `jwks.json` in `namespace`; the error says why it does not verify.
+pub async fn secret_token_verifies(
+    client: &Client,
+    secret_ns: &str,
+    namespace: &str,
+) -> Result<(), String> {
     use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation, decode, encode, jwk::JwkSet};
     let secret = secret_text(client, secret_ns, "auth-signing-key")
         .await
-        .expect("the Secret");
+        .ok_or("no Secret")?;
     let data = config_map_data(client, namespace, "auth-jwks")
         .await
-        .expect("the ConfigMap");
+        .ok_or("no ConfigMap")?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -503,21 +507,29 @@ pub async fn assert_secret_token_verifies(client: &Client, secret_ns: &str, name
     let token = encode(
         &header,
         &serde_json::json!({"sub": "alice", "iat": now, "exp": now + 600}),
-        &EncodingKey::from_rsa_pem(secret[resources::PRIVATE_PEM].as_bytes()).unwrap(),
+        &EncodingKey::from_rsa_pem(secret[resources::PRIVATE_PEM].as_bytes())
+            .map_err(|e| e.to_string())?,
     )
-    .unwrap();
-    let jwks: JwkSet = serde_json::from_str(&data[resources::JWKS_JSON]).unwrap();
+    .map_err(|e| e.to_string())?;
+    let jwks: JwkSet =
+        serde_json::from_str(&data[resources::JWKS_JSON]).map_err(|e| e.to_string())?;
     let jwk = jwks
         .find(&secret[resources::KID])
-        .unwrap_or_else(|| panic!("the signing kid is not published in {namespace}"));
+        .ok_or_else(|| format!("the signing kid is not published in {namespace}"))?;
     decode::<serde_json::Value>(
         &token,
-        &DecodingKey::from_jwk(jwk).unwrap(),
+        &DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?,
         &Validation::new(jsonwebtoken::Algorithm::RS256),
     )
-    .unwrap_or_else(|e| {
-        panic!("a token signed with the Secret does not verify in {namespace}: {e}")
-    });
+    .map(|_| ())
+    .map_err(|e| format!("a token signed with the Secret does not verify in {namespace}: {e}"))
+}
+
+/// [`secret_token_verifies`], panicking with the reason.
+pub async fn assert_secret_token_verifies(client: &Client, secret_ns: &str, namespace: &str) {
+    if let Err(why) = secret_token_verifies(client, secret_ns, namespace).await {
+        panic!("{why}");
+    }
 }
 
 /// Sets (or with `None` removes) the `jwtkeys.dev/accept-from` annotation of a namespace: the keys
