@@ -137,12 +137,23 @@ fn install_foreign_crds() {
                 ][..],
                 &["wait", "--for", "condition=established", "--timeout=60s"][..],
             ] {
-                let output = common::kubectl()
-                    .args(args)
-                    .arg("-f")
-                    .arg(&path)
-                    .output()
-                    .unwrap();
+                // `kubectl wait` fails rather than waits while a new CRD has no status yet.
+                let mut attempts = 0;
+                let output = loop {
+                    let output = common::kubectl()
+                        .args(args)
+                        .arg("-f")
+                        .arg(&path)
+                        .output()
+                        .unwrap();
+                    let no_status_yet = String::from_utf8_lossy(&output.stderr)
+                        .contains(".status.conditions accessor error");
+                    attempts += 1;
+                    if output.status.success() || !no_status_yet || attempts == 50 {
+                        break output;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                };
                 assert!(
                     output.status.success(),
                     "kubectl {} -f {}: {}",
