@@ -249,11 +249,13 @@ async fn algorithm_and_key_size_changes_apply_to_the_next_key() {
         })
         .await;
         assert_eq!(secret["algorithm"], "PS512");
-        let data = config_map_data(&ns.client, &ns.name, "auth-jwks")
-            .await
-            .unwrap();
-        let jwks: serde_json::Value = serde_json::from_str(&data["jwks.json"]).unwrap();
-        assert_eq!(jwks["keys"][0]["alg"], "PS512");
+        // The ConfigMap puts the new signing key first right after the Secret switches.
+        let jwks = wait_for("the new signing key first in jwks.json", REACT, || async {
+            let data = config_map_data(&ns.client, &ns.name, "auth-jwks").await?;
+            let jwks: serde_json::Value = serde_json::from_str(&data["jwks.json"]).ok()?;
+            (jwks["keys"][0]["alg"] == "PS512").then_some(jwks)
+        })
+        .await;
         assert_eq!(
             jwks["keys"][0]["n"].as_str().unwrap().len(),
             512,
