@@ -237,6 +237,26 @@ pub fn is_in_sync(observed: &ObjectMeta, desired: &ObjectMeta) -> bool {
         && owners
 }
 
+/// A JSON merge patch that removes the data keys of a stored object that the operator does not
+/// write (another field manager added them), guarded by its `resourceVersion`; `None` when there
+/// are none.
+pub fn extra_data_removal<'a>(
+    stored_keys: impl Iterator<Item = &'a String>,
+    wanted: impl Fn(&str) -> bool,
+    resource_version: Option<String>,
+) -> Option<serde_json::Value> {
+    let extra: serde_json::Map<String, serde_json::Value> = stored_keys
+        .filter(|k| !wanted(k))
+        .map(|k| (k.clone(), serde_json::Value::Null))
+        .collect();
+    (!extra.is_empty()).then(|| {
+        serde_json::json!({
+            "metadata": {"resourceVersion": resource_version},
+            "data": extra,
+        })
+    })
+}
+
 /// Whether a stored Secret or ConfigMap data map equals the desired one (extra keys count as drift).
 pub fn secret_data_matches(observed: &Secret, desired: &Secret) -> bool {
     observed.data == desired.data && observed.type_ == desired.type_

@@ -12,7 +12,6 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use serde_json::json;
 use tracing::info;
 
 use super::{Found, MANAGER, Reconciliation, find};
@@ -318,24 +317,14 @@ impl Reconciliation<'_> {
         self.ctx.metrics.api_write("configmap");
         info!(namespace, name, "wrote ConfigMap");
         let want = desired.data.unwrap_or_default();
-        let extra: serde_json::Map<String, serde_json::Value> = written
-            .data
-            .iter()
-            .flatten()
-            .filter(|(k, _)| !want.contains_key(*k))
-            .map(|(k, _)| (k.clone(), serde_json::Value::Null))
-            .collect();
-        if !extra.is_empty() {
+        if let Some(patch) = resources::extra_data_removal(
+            written.data.iter().flatten().map(|(k, _)| k),
+            |k| want.contains_key(k),
+            written.resource_version(),
+        ) {
             self.ctx.check_fence()?;
             written = api
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({
-                        "metadata": {"resourceVersion": written.resource_version()},
-                        "data": extra,
-                    })),
-                )
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
                 .map_err(err)?;
             self.ctx.metrics.api_write("configmap");

@@ -9,7 +9,6 @@ use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
-use serde_json::json;
 use tracing::info;
 
 use super::{Error, MANAGER, Reconciliation, Result};
@@ -104,25 +103,15 @@ impl SecretWriter {
         };
         run.ctx.metrics.api_write("secret");
         let want = desired.data.unwrap_or_default();
-        let extra: serde_json::Map<String, serde_json::Value> = written
-            .data
-            .iter()
-            .flatten()
-            .filter(|(k, _)| !want.contains_key(*k))
-            .map(|(k, _)| (k.clone(), serde_json::Value::Null))
-            .collect();
-        if !extra.is_empty() {
+        if let Some(patch) = resources::extra_data_removal(
+            written.data.iter().flatten().map(|(k, _)| k),
+            |k| want.contains_key(k),
+            written.resource_version(),
+        ) {
             run.ctx.check_fence()?;
             written = self
                 .api
-                .patch(
-                    &self.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({
-                        "metadata": {"resourceVersion": written.resource_version()},
-                        "data": extra,
-                    })),
-                )
+                .patch(&self.name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
                 .map_err(err)?;
             run.ctx.metrics.api_write("secret");
