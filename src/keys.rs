@@ -2,14 +2,14 @@
 
 use std::fmt;
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use rsa::{
-    RsaPrivateKey, RsaPublicKey,
-    pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding},
-    traits::PublicKeyParts,
+use aws_lc_rs::{
+    digest::{SHA256, digest},
+    encoding::AsDer,
+    rsa::{KeySize, PublicKeyComponents},
+    signature::KeyPair as _,
 };
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::crd::Algorithm;
 
@@ -17,13 +17,12 @@ use crate::crd::Algorithm;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// RSA key generation failed.
-    #[error("generating a {bits}-bit RSA key failed: {source}")]
+    #[error("generating a {bits}-bit RSA key failed: {reason}")]
     Generate {
         /// Modulus size.
         bits: usize,
         /// Cause.
-        #[source]
-        source: rsa::Error,
+        reason: String,
     },
     /// PEM encoding failed.
     #[error("encoding the key as PEM failed: {0}")]
@@ -55,10 +54,10 @@ pub struct Jwk {
 }
 
 impl Jwk {
-    /// The JWK of a public key.
-    pub fn from_public(key: &RsaPublicKey, algorithm: Algorithm) -> Jwk {
-        let n = URL_SAFE_NO_PAD.encode(key.n().to_bytes_be());
-        let e = URL_SAFE_NO_PAD.encode(key.e().to_bytes_be());
+    /// The JWK of a public key given by its big-endian modulus and exponent.
+    pub fn from_components(n: &[u8], e: &[u8], algorithm: Algorithm) -> Jwk {
+        let n = URL_SAFE_NO_PAD.encode(n);
+        let e = URL_SAFE_NO_PAD.encode(e);
         Jwk {
             kty: "RSA".into(),
             use_: "sig".into(),
@@ -69,23 +68,21 @@ impl Jwk {
         }
     }
 
-    /// The RSA public key this JWK describes.
-    pub fn public_key(&self) -> Result<RsaPublicKey, Error> {
+    /// SPKI PEM of the key (`-----BEGIN PUBLIC KEY-----`).
+    pub fn public_pem(&self) -> Result<String, Error> {
         let decode = |field: &str, value: &str| {
             URL_SAFE_NO_PAD
                 .decode(value)
                 .map_err(|e| Error::DecodePublic(format!("{field}: {e}")))
         };
-        let n = rsa::BigUint::from_bytes_be(&decode("n", &self.n)?);
-        let e = rsa::BigUint::from_bytes_be(&decode("e", &self.e)?);
-        RsaPublicKey::new(n, e).map_err(|e| Error::DecodePublic(e.to_string()))
-    }
-
-    /// SPKI PEM of the key (`-----BEGIN PUBLIC KEY-----`).
-    pub fn public_pem(&self) -> Result<String, Error> {
-        self.public_key()?
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| Error::Encode(e.to_string()))
+        let components = PublicKeyComponents {
+            n: decode("n", &self.n)?,
+            e: decode("e", &self.e)?,
+        };
+        let der: aws_lc_rs::encoding::PublicKeyX509Der<'static> = components
+            .as_der()
+            .map_err(|_| Error::DecodePublic("n and e do not form an RSA public key".into()))?;
+        Ok(encode_pem("PUBLIC KEY", der.as_ref()))
     }
 }
 
@@ -93,7 +90,14 @@ impl Jwk {
 /// base64url without padding.
 pub fn thumbprint(n: &str, e: &str) -> String {
     let canonical = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
-    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+    URL_SAFE_NO_PAD.encode(digest(&SHA256, canonical.as_bytes()))
+}
+
+fn encode_pem(tag: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(tag, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// A private key with its public forms. `Debug` never prints the private key.
@@ -118,32 +122,58 @@ impl fmt::Debug for KeyPair {
 }
 
 impl KeyPair {
-    /// Generates a fresh RSA key. CPU-bound for up to seconds: call it off the async runtime.
+    /// Generates a fresh RSA key (2048, 3072 or 4096 bits) with aws-lc-rs, the fastest of the
+    /// generators `cargo bench --bench keygen` compares. CPU-bound for up to seconds: call it off
+    /// the async runtime (the controller runs it on its key-generation pool).
     pub fn generate(bits: usize, algorithm: Algorithm) -> Result<KeyPair, Error> {
-        let private = RsaPrivateKey::new(&mut rand::thread_rng(), bits)
-            .map_err(|source| Error::Generate { bits, source })?;
+        let size = match bits {
+            2048 => KeySize::Rsa2048,
+            3072 => KeySize::Rsa3072,
+            4096 => KeySize::Rsa4096,
+            _ => {
+                return Err(Error::Generate {
+                    bits,
+                    reason: "the size is not one of 2048, 3072, 4096".into(),
+                });
+            }
+        };
+        let private = aws_lc_rs::rsa::KeyPair::generate(size).map_err(|e| Error::Generate {
+            bits,
+            reason: e.to_string(),
+        })?;
         KeyPair::from_private(&private, algorithm)
     }
 
     /// Reads a stored PKCS#8 PEM private key.
     pub fn from_private_pem(pem: &str, algorithm: Algorithm) -> Result<KeyPair, Error> {
-        let private = RsaPrivateKey::from_pkcs8_pem(pem).map_err(|_| Error::DecodePrivate)?;
+        let parsed = pem::parse(pem).map_err(|_| Error::DecodePrivate)?;
+        if parsed.tag() != "PRIVATE KEY" {
+            return Err(Error::DecodePrivate);
+        }
+        let private = aws_lc_rs::rsa::KeyPair::from_pkcs8(parsed.contents())
+            .map_err(|_| Error::DecodePrivate)?;
         KeyPair::from_private(&private, algorithm)
     }
 
-    fn from_private(private: &RsaPrivateKey, algorithm: Algorithm) -> Result<KeyPair, Error> {
-        let public = private.to_public_key();
-        let private_pem = private
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| Error::Encode(e.to_string()))?
-            .to_string();
-        let public_pem = public
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| Error::Encode(e.to_string()))?;
+    fn from_private(
+        private: &aws_lc_rs::rsa::KeyPair,
+        algorithm: Algorithm,
+    ) -> Result<KeyPair, Error> {
+        let pkcs8: aws_lc_rs::encoding::Pkcs8V1Der<'static> = private
+            .as_der()
+            .map_err(|_| Error::Encode("PKCS#8 encoding of the private key".into()))?;
+        let public = private.public_key();
+        let spki: aws_lc_rs::encoding::PublicKeyX509Der<'static> = public
+            .as_der()
+            .map_err(|_| Error::Encode("SPKI encoding of the public key".into()))?;
         Ok(KeyPair {
-            jwk: Jwk::from_public(&public, algorithm),
-            private_pem,
-            public_pem,
+            jwk: Jwk::from_components(
+                public.modulus().big_endian_without_leading_zero(),
+                public.exponent().big_endian_without_leading_zero(),
+                algorithm,
+            ),
+            private_pem: encode_pem("PRIVATE KEY", pkcs8.as_ref()),
+            public_pem: encode_pem("PUBLIC KEY", spki.as_ref()),
         })
     }
 

@@ -34,7 +34,6 @@ use hyper_util::{
 };
 use jwt_keys::reload::{Load, ReloadOptions, Reloading};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{error, info, warn};
 
@@ -183,8 +182,8 @@ impl Load for KeySetDocument {
 
 /// A strong entity tag: the first 128 bits of the SHA-256 of the body, base64url.
 fn etag_of(body: &[u8]) -> HeaderValue {
-    let digest = Sha256::digest(body);
-    let tag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest[..16]));
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body);
+    let tag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]));
     HeaderValue::from_str(&tag).expect("base64url is a valid header value")
 }
 

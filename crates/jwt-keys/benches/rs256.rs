@@ -6,10 +6,10 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+use aws_lc_rs::signature::KeyPair as _;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jwt_keys::{Signer, Verifier};
-use rsa::pkcs8::{EncodePrivateKey, LineEnding};
-use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -22,15 +22,20 @@ struct Claims {
 fn write_key_dirs(root: &std::path::Path) {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
-    let n = URL_SAFE_NO_PAD.encode(private.n().to_bytes_be());
-    let e = URL_SAFE_NO_PAD.encode(private.e().to_bytes_be());
+    let private = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let public = private.public_key();
+    let n = URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero());
+    let e = URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero());
     let kid = "bench-key";
     let secret = root.join("secret");
     let configmap = root.join("configmap");
     std::fs::create_dir_all(&secret).unwrap();
     std::fs::create_dir_all(&configmap).unwrap();
-    let pem = private.to_pkcs8_pem(LineEnding::LF).unwrap();
+    let pkcs8: Pkcs8V1Der<'static> = private.as_der().unwrap();
+    let pem = pem::encode_config(
+        &pem::Pem::new("PRIVATE KEY", pkcs8.as_ref()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    );
     std::fs::write(secret.join("private.pem"), pem.as_bytes()).unwrap();
     std::fs::write(secret.join("kid"), kid).unwrap();
     std::fs::write(secret.join("algorithm"), "RS256").unwrap();

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-use rsa::traits::PublicKeyParts;
-use sha2::{Digest, Sha256};
 
 /// An RSA key pair as the operator writes it.
 #[derive(Clone)]
@@ -27,13 +27,21 @@ pub struct TestKey {
 
 impl TestKey {
     pub fn generate(bits: usize) -> TestKey {
-        let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), bits).expect("generate key");
-        let public = private.to_public_key();
-        let n = URL_SAFE_NO_PAD.encode(public.n().to_bytes_be());
-        let e = URL_SAFE_NO_PAD.encode(public.e().to_bytes_be());
+        let size = match bits {
+            2048 => KeySize::Rsa2048,
+            3072 => KeySize::Rsa3072,
+            4096 => KeySize::Rsa4096,
+            _ => panic!("unsupported key size {bits}"),
+        };
+        let private = aws_lc_rs::rsa::KeyPair::generate(size).expect("generate key");
+        let public = private.public_key();
+        let n = URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero());
+        let e = URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero());
+        let pkcs8: Pkcs8V1Der<'static> = private.as_der().unwrap();
+        let spki: PublicKeyX509Der<'static> = public.as_der().unwrap();
         TestKey {
-            private_pem: private.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(),
-            public_pem: public.to_public_key_pem(LineEnding::LF).unwrap(),
+            private_pem: pem_of("PRIVATE KEY", pkcs8.as_ref()),
+            public_pem: pem_of("PUBLIC KEY", spki.as_ref()),
             kid: thumbprint(&n, &e),
             n,
             e,
@@ -60,7 +68,10 @@ impl TestKey {
 /// lexicographic order, base64url without padding.
 pub fn thumbprint(n: &str, e: &str) -> String {
     let canonical = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
-    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        canonical.as_bytes(),
+    ))
 }
 
 /// `n` distinct 2048-bit keys, generated once per test binary (key generation is slow in
@@ -174,4 +185,12 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// PEM with LF line endings, as the operator writes it.
+pub fn pem_of(tag: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(tag, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
