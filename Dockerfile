@@ -7,8 +7,9 @@
 # then set image.repository / image.tag in the Helm chart.
 
 # Alpine's Rust targets musl and links statically, so the binary needs no libc at run time.
+# gcc builds aws-lc (key generation and TLS), which aws-lc-sys compiles with the cc crate.
 FROM rust:1.95-alpine AS build
-RUN apk add --no-cache musl-dev
+RUN apk add --no-cache musl-dev gcc
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin jwt-key-operator \
