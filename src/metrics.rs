@@ -53,6 +53,7 @@ pub struct Metrics {
     next_rotation: Family<KeyLabels, Gauge<f64, AtomicU64>>,
     published_keys: Family<KeyLabels, Gauge>,
     api_writes: Family<WriteLabels, Counter>,
+    watches_synced: Gauge,
 }
 
 impl Default for Metrics {
@@ -66,6 +67,7 @@ impl Default for Metrics {
         let next_rotation = Family::<KeyLabels, Gauge<f64, AtomicU64>>::default();
         let published_keys = Family::<KeyLabels, Gauge>::default();
         let api_writes = Family::<WriteLabels, Counter>::default();
+        let watches_synced = Gauge::default();
         registry.register(
             "jwtkeys_rotations",
             "Signing key changes",
@@ -96,6 +98,11 @@ impl Default for Metrics {
             "Writes to the API server (Secrets, ConfigMaps, status)",
             api_writes.clone(),
         );
+        registry.register(
+            "jwtkeys_watches_synced",
+            "1 once every watch has listed its objects and reconciles read from the caches",
+            watches_synced.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             rotations,
@@ -104,6 +111,7 @@ impl Default for Metrics {
             next_rotation,
             published_keys,
             api_writes,
+            watches_synced,
         }
     }
 }
@@ -122,6 +130,11 @@ impl Metrics {
         let registry = self.registry.lock().expect("metrics registry lock");
         encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
+    }
+
+    /// Marks every watch as synced.
+    pub fn watches_synced(&self) {
+        self.watches_synced.set(1);
     }
 
     /// Counts a signing key change.
