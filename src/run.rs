@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     cli::{LogFormat, RunArgs},
-    controller::{self, Context},
+    controller::{self, Cached, Context},
     crd::{ACCEPT_FROM_ANNOTATION, JwtSigningKey},
     leader::LeaderElector,
     metrics::Metrics,
@@ -111,6 +111,21 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot list namespaces: {e}"))?;
     info!(namespaces = ?scope, "starting controllers");
+    let scopes: Vec<Option<String>> = match &scope {
+        None => vec![None],
+        Some(list) => list.iter().cloned().map(Some).collect(),
+    };
+    // Reads come from caches of the operator's Secrets and ConfigMaps (whole) and of every other
+    // Secret and ConfigMap (metadata only), one set of watches per scope.
+    let mut secrets = Cached::<Secret>::new();
+    let mut config_maps = Cached::<ConfigMap>::new();
+    let mut streams = Vec::new();
+    for namespace in &scopes {
+        let secret_streams = secrets.watch(&client, namespace.as_deref());
+        let config_map_streams = config_maps.watch(&client, namespace.as_deref());
+        streams.push((namespace.clone(), secret_streams, config_map_streams));
+    }
+    let (secrets, config_maps) = (Arc::new(secrets), Arc::new(config_maps));
     let context = Arc::new(Context::new(
         client.clone(),
         Recorder::new(
@@ -120,28 +135,52 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
-        metrics,
+        metrics.clone(),
         namespaces,
+        secrets.clone(),
+        config_maps.clone(),
         scope.clone(),
         fence,
         args.activation_margin,
     ));
     let (copies_hub, _) = broadcast::channel::<ObjectRef<JwtSigningKey>>(1024);
     let (names_hub, _) = broadcast::channel::<String>(1024);
-    let scopes: Vec<Option<String>> = match &scope {
-        None => vec![None],
-        Some(list) => list.iter().cloned().map(Some).collect(),
-    };
-    let controllers = scopes.into_iter().map(|namespace| {
-        controller_for(
-            client.clone(),
-            namespace,
-            context.clone(),
-            copies_hub.clone(),
-            names_hub.clone(),
-            namespace_changes.clone(),
-        )
-    });
+    let key_stores = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let controllers: Vec<_> = streams
+        .into_iter()
+        .map(|(namespace, secret_streams, config_map_streams)| {
+            drain_managed(secret_streams.managed, secrets.clone());
+            drain_managed(config_map_streams.managed, config_maps.clone());
+            controller_for(
+                client.clone(),
+                namespace,
+                context.clone(),
+                Triggers {
+                    secrets: secret_streams.meta,
+                    config_maps: config_map_streams.meta,
+                    copies_hub: copies_hub.clone(),
+                    names_hub: names_hub.clone(),
+                    namespace_changes: namespace_changes.clone(),
+                },
+                key_stores.clone(),
+            )
+        })
+        .collect();
+    {
+        let (metrics, key_stores) = (metrics.clone(), key_stores.clone());
+        let (secrets, config_maps) = (secrets.clone(), config_maps.clone());
+        tokio::spawn(async move {
+            secrets.wait_until_ready().await;
+            config_maps.wait_until_ready().await;
+            let stores: Vec<Store<JwtSigningKey>> =
+                key_stores.lock().expect("key stores lock").clone();
+            for store in stores {
+                let _ = store.wait_until_ready().await;
+            }
+            info!("all watches synced");
+            metrics.watches_synced();
+        });
+    }
     futures::future::join_all(controllers).await;
     info!("controllers stopped");
     if let Some(elector) = elector {
@@ -260,19 +299,25 @@ fn hostname() -> String {
 }
 
 /// A store of Namespaces for label selection, and a broadcast of "namespace labels changed".
-fn watch_namespaces(client: Client) -> (Store<Namespace>, broadcast::Sender<()>) {
+fn watch_namespaces(
+    client: Client,
+) -> (Store<PartialObjectMeta<Namespace>>, broadcast::Sender<()>) {
     let (reader, writer) = reflector::store();
     let (changes, _) = broadcast::channel(64);
     let sender = changes.clone();
     let stream = reflector::reflector(
         writer,
-        watcher(Api::<Namespace>::all(client), watcher::Config::default()),
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client),
+            watcher::Config::default(),
+        )
+        .modify(controller::strip_namespace),
     )
     .backoff(WatchBackoff::default());
     tokio::spawn(async move {
         // What publication depends on: labels (selectors), consent, and whether it is terminating.
         type Seen = (Option<BTreeMap<String, String>>, Option<String>, bool);
-        let looks = |ns: &Namespace| -> Seen {
+        let looks = |ns: &PartialObjectMeta<Namespace>| -> Seen {
             (
                 ns.metadata.labels.clone(),
                 ns.annotations().get(ACCEPT_FROM_ANNOTATION).cloned(),
@@ -308,7 +353,7 @@ fn watch_namespaces(client: Client) -> (Store<Namespace>, broadcast::Sender<()>)
 
 /// Watch retry delays: from 250 ms, doubling, capped at 5 s, so that watches recover within seconds of
 /// an API server restart without hammering one that is down.
-struct WatchBackoff {
+pub(crate) struct WatchBackoff {
     next: Duration,
 }
 
@@ -353,55 +398,115 @@ fn broadcast_stream<T: Clone + Send + 'static>(
     })
 }
 
-async fn controller_for(
-    client: Client,
-    namespace: Option<String>,
-    context: Arc<Context>,
+/// Drains a stream of the operator's whole objects (which fills their store) and tells the cache
+/// which of its own writes the watch has shown.
+fn drain_managed<K, S>(stream: S, cache: Arc<Cached<K>>)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    PartialObjectMeta<K>:
+        kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    S: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(object) => cache.observed(&object),
+                Err(e) => warn!(error = %e, "watch of the operator's objects failed; retrying"),
+            }
+        }
+    });
+}
+
+/// What makes a controller reconcile besides its JwtSigningKeys.
+struct Triggers<S, C> {
+    /// Metadata of every Secret in scope.
+    secrets: S,
+    /// Metadata of every ConfigMap in scope.
+    config_maps: C,
     copies_hub: broadcast::Sender<ObjectRef<JwtSigningKey>>,
     names_hub: broadcast::Sender<String>,
     namespace_changes: broadcast::Sender<()>,
-) {
-    fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
+}
+
+/// What of a JwtSigningKey a reconcile acts on: not its status (which only the operator writes).
+fn reconcile_worthy(jsk: &JwtSigningKey) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    jsk.metadata.uid.hash(&mut hasher);
+    jsk.metadata.generation.hash(&mut hasher);
+    jsk.metadata.annotations.hash(&mut hasher);
+    jsk.metadata.finalizers.hash(&mut hasher);
+    jsk.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Concurrent reconciles per controller: enough to keep the key generation pool and the API
+/// server busy, few enough that a storm of new keys does not hold thousands of them in memory.
+const RECONCILE_CONCURRENCY: u16 = 16;
+
+async fn controller_for<S, C>(
+    client: Client,
+    namespace: Option<String>,
+    context: Arc<Context>,
+    triggers: Triggers<S, C>,
+    key_stores: Arc<std::sync::Mutex<Vec<Store<JwtSigningKey>>>>,
+) where
+    S: futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
+    C: futures::Stream<Item = Result<PartialObjectMeta<ConfigMap>, watcher::Error>>
+        + Send
+        + 'static,
+{
+    let Triggers {
+        secrets,
+        config_maps,
+        copies_hub,
+        names_hub,
+        namespace_changes,
+    } = triggers;
+    let jsk_api: Api<JwtSigningKey> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let (store, writer) = reflector::store();
+    key_stores
+        .lock()
+        .expect("key stores lock")
+        .push(store.clone());
     let keys = reflector::reflector(
         writer,
-        watcher(
-            api::<JwtSigningKey>(&client, &namespace),
-            watcher::Config::default().any_semantic(),
+        watcher(jsk_api, watcher::Config::default().any_semantic()).modify(
+            |jsk: &mut JwtSigningKey| {
+                jsk.metadata.managed_fields = None;
+                if let Some(a) = jsk.metadata.annotations.as_mut() {
+                    a.remove("kubectl.kubernetes.io/last-applied-configuration");
+                }
+            },
         ),
     )
     .backoff(WatchBackoff::default())
-    .applied_objects();
+    .applied_objects()
+    .predicate_filter(reconcile_worthy, Default::default());
     // Errors from any watch pause every trigger of the controller: cap that pause too.
-    let controller =
-        Controller::for_stream(keys, store.clone()).trigger_backoff(WatchBackoff::default());
+    let controller = Controller::for_stream(keys, store.clone())
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        )
+        .trigger_backoff(WatchBackoff::default());
 
     // Secrets and ConfigMaps are matched by name, so that a conflicting object that goes away frees
-    // the name at once. Only metadata is watched: the operator never caches other Secrets' data.
+    // the name at once. These streams carry metadata only: the operator never caches other
+    // Secrets' data.
     let secret_store = store.clone();
-    let secrets = watcher(
-        api::<PartialObjectMeta<Secret>>(&client, &namespace),
-        watcher::Config::default(),
-    )
-    .backoff(WatchBackoff::default())
-    .touched_objects();
     let config_map_store = store.clone();
     let in_scope = namespace.clone();
     let hub = copies_hub.clone();
-    let config_maps = watcher(
-        api::<PartialObjectMeta<ConfigMap>>(&client, &namespace),
-        watcher::Config::default(),
-    )
-    .backoff(WatchBackoff::default())
-    .touched_objects();
     let own_scope = namespace.clone();
     // A foreign ConfigMap that changes or goes away anywhere may free the name in a target
     // namespace: every key that publishes copies under that name looks again at once.

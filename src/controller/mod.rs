@@ -10,6 +10,7 @@
 //!
 //! The decisions about time are the pure `schedule`; this module observes, asks, applies, reports.
 
+mod cache;
 mod observe;
 mod publish;
 mod report;
@@ -28,7 +29,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::ListParams,
+    api::PartialObjectMeta,
     runtime::{
         controller::Action,
         events::{EventType, Recorder},
@@ -38,6 +39,7 @@ use kube::{
 };
 use tracing::{debug, info, instrument, warn};
 
+pub use cache::{Cached, strip_namespace};
 pub use observe::{Inputs, Rebuilt, rebuild};
 pub use publish::published_jwks;
 
@@ -80,9 +82,6 @@ pub enum Error {
     /// Reading a ConfigMap failed.
     #[error("reading ConfigMap {0}: {1}")]
     GetConfigMap(String, #[source] kube::Error),
-    /// Listing ConfigMap copies failed.
-    #[error("listing ConfigMap copies: {0}")]
-    ListCopies(#[source] kube::Error),
     /// Writing the Secret failed.
     #[error("writing Secret {0}: {1}")]
     ApplySecret(String, #[source] kube::Error),
@@ -141,7 +140,6 @@ impl Error {
                 };
                 format!("{action} {what}: {}", brief(e))
             }
-            Error::ListCopies(e) => format!("listing ConfigMap copies: {}", brief(e)),
             Error::GetStatus(e) => format!("reading status: {}", brief(e)),
             Error::ApplyStatus(e) => format!("writing status: {}", brief(e)),
             other => other.to_string(),
@@ -153,7 +151,6 @@ impl Error {
         match self {
             Error::GetSecret(..) => "GetSecret",
             Error::GetConfigMap(..) => "GetConfigMap",
-            Error::ListCopies(_) => "ListCopies",
             Error::ApplySecret(..) => "ApplySecret",
             Error::ApplyConfigMap(..) => "ApplyConfigMap",
             Error::DeleteConfigMap(..) => "DeleteConfigMap",
@@ -186,7 +183,14 @@ pub struct Context {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Namespaces (for `publish.namespaceSelector`).
-    pub namespaces: Store<Namespace>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Secrets: every one's metadata, the operator's whole.
+    pub secrets: Arc<Cached<Secret>>,
+    /// ConfigMaps: every one's metadata, the operator's (and their copies) whole.
+    pub config_maps: Arc<Cached<ConfigMap>>,
+    /// Key generation runs on at most this many threads at once (the cores), so that it never
+    /// starves the reconcile loop or the Lease renewal.
+    keygen: tokio::sync::Semaphore,
     /// Namespaces the operator may act in; `None` means all.
     pub scope: Option<Vec<String>>,
     /// With leader election: whether this replica may still write.
@@ -198,20 +202,27 @@ pub struct Context {
 
 impl Context {
     /// A context; `fence` is `None` without leader election.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
         recorder: Recorder,
         metrics: Arc<Metrics>,
-        namespaces: Store<Namespace>,
+        namespaces: Store<PartialObjectMeta<Namespace>>,
+        secrets: Arc<Cached<Secret>>,
+        config_maps: Arc<Cached<ConfigMap>>,
         scope: Option<Vec<String>>,
         fence: Option<Arc<Fence>>,
         activation_margin: GoDuration,
     ) -> Context {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Context {
             client,
             recorder,
             metrics,
             namespaces,
+            secrets,
+            config_maps,
+            keygen: tokio::sync::Semaphore::new(cores),
             scope,
             fence,
             activation_margin,
@@ -286,6 +297,9 @@ impl Context {
 #[instrument(skip(jsk, ctx), fields(namespace = jsk.namespace().unwrap_or_default(), name = jsk.name_any()))]
 pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Action> {
     ctx.check_fence()?;
+    // Reads come from the watch caches: none is read before every cache has listed its objects.
+    ctx.secrets.wait_until_ready().await;
+    ctx.config_maps.wait_until_ready().await;
     if jsk.metadata.deletion_timestamp.is_none()
         && let Some(wait) = ctx.backing_off(&jsk)
     {
@@ -454,8 +468,11 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
     let secret_name = jsk.secret_name();
     let config_map_name = jsk.config_map_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = match find(&secrets, &secret_name, jsk).await {
+    let secret = match ctx
+        .secrets
+        .find(&ctx.client, &namespace, &secret_name, jsk)
+        .await
+    {
         Ok(Found::Foreign) => {
             let message = format!(
                 "Secret {secret_name} exists and is not managed by this JwtSigningKey; it is left untouched. \
@@ -471,9 +488,13 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
     // After a secretName change, the keys move from the Secret under the old name.
     let renamed_secret = match &secret {
         Some(_) => None,
-        None => run.renamed_secret().await?,
+        None => run.renamed_secret(),
     };
-    let home = match find(&config_maps, &config_map_name, jsk).await {
+    let home = match ctx
+        .config_maps
+        .find(&ctx.client, &namespace, &config_map_name, jsk)
+        .await
+    {
         Ok(Found::Foreign) => {
             let message = format!(
                 "ConfigMap {config_map_name} exists and is not managed by this JwtSigningKey; it is left \
@@ -499,8 +520,8 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
             .unwrap_or_default(),
     };
     let (targets, unaccepted) = run.target_namespaces();
-    let copies = run.list_copies().await?;
-    let renamed_home = run.renamed_home_config_maps().await?;
+    let copies = run.list_copies();
+    let renamed_home = run.renamed_home_config_maps();
     let mut publisher = Publisher::new(&run, home, copies, &targets).await;
 
     let now = Utc::now();
@@ -880,6 +901,12 @@ impl Reconciliation<'_> {
     async fn generate_key(&self) -> Result<KeyPair> {
         let bits = self.jsk.spec.key_size as usize;
         let algorithm = self.jsk.spec.algorithm;
+        let _permit = self
+            .ctx
+            .keygen
+            .acquire()
+            .await
+            .expect("the key generation pool is never closed");
         let started = Instant::now();
         let pair = tokio::task::spawn_blocking(move || KeyPair::generate(bits, algorithm))
             .await
@@ -929,69 +956,49 @@ impl Reconciliation<'_> {
     }
 
     /// ConfigMaps this key owns in its own namespace under a name it no longer uses.
-    async fn renamed_home_config_maps(&self) -> Result<Vec<ConfigMap>> {
-        let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        let params = ListParams::default().labels(&format!(
-            "{}={}",
-            resources::SIGNING_KEY_LABEL,
-            self.jsk.name_any()
-        ));
+    fn renamed_home_config_maps(&self) -> Vec<ConfigMap> {
         let name = self.jsk.config_map_name();
-        Ok(api
-            .list(&params)
-            .await
-            .map_err(Error::ListCopies)?
-            .items
+        self.ctx
+            .config_maps
+            .owned(
+                Some(&self.namespace),
+                (resources::SIGNING_KEY_LABEL, &self.jsk.name_any()),
+                self.jsk,
+            )
             .into_iter()
-            .filter(|cm| cm.name_any() != name && resources::is_owned_by(&cm.metadata, self.jsk))
-            .collect())
+            .filter(|cm| cm.name_any() != name)
+            .collect()
     }
 
     /// A Secret this key owns under a name it no longer uses (after a `secretName` change).
-    async fn renamed_secret(&self) -> Result<Option<Secret>> {
-        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        let params = ListParams::default().labels(&format!(
-            "{}={}",
-            resources::SIGNING_KEY_LABEL,
-            self.jsk.name_any()
-        ));
+    fn renamed_secret(&self) -> Option<Secret> {
         let name = self.jsk.secret_name();
-        Ok(api
-            .list(&params)
-            .await
-            .map_err(|e| Error::GetSecret(format!("labelled {}", self.jsk.name_any()), e))?
-            .items
+        self.ctx
+            .secrets
+            .owned(
+                Some(&self.namespace),
+                (resources::SIGNING_KEY_LABEL, &self.jsk.name_any()),
+                self.jsk,
+            )
             .into_iter()
-            .find(|s| s.name_any() != name && resources::is_owned_by(&s.metadata, self.jsk)))
+            .find(|s| s.name_any() != name)
     }
 
-    async fn list_copies(&self) -> Result<Vec<ConfigMap>> {
-        let selector = format!(
-            "{}={},{}={}",
-            resources::SIGNING_KEY_LABEL,
-            self.jsk.name_any(),
-            resources::SOURCE_NAMESPACE_LABEL,
-            self.namespace
-        );
-        let params = ListParams::default().labels(&selector);
-        let apis: Vec<Api<ConfigMap>> = match &self.ctx.scope {
-            None => vec![Api::all(self.ctx.client.clone())],
-            Some(scope) => scope
-                .iter()
-                .filter(|ns| **ns != self.namespace)
-                .map(|ns| Api::namespaced(self.ctx.client.clone(), ns))
-                .collect(),
-        };
-        let mut copies = Vec::new();
-        for api in apis {
-            let list = api.list(&params).await.map_err(Error::ListCopies)?;
-            copies.extend(
-                list.items
-                    .into_iter()
-                    .filter(|cm| resources::is_owned_by(&cm.metadata, self.jsk)),
-            );
-        }
-        Ok(copies)
+    /// The copies this key owns in other namespaces.
+    fn list_copies(&self) -> Vec<ConfigMap> {
+        self.ctx
+            .config_maps
+            .owned(
+                None,
+                (resources::SOURCE_NAMESPACE_LABEL, &self.namespace),
+                self.jsk,
+            )
+            .into_iter()
+            .filter(|cm| {
+                cm.namespace().as_deref() != Some(self.namespace.as_str())
+                    && cm.labels().get(resources::SIGNING_KEY_LABEL) == Some(&self.jsk.name_any())
+            })
+            .collect()
     }
 }
 
@@ -1003,7 +1010,9 @@ async fn cleanup(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         ctx,
         namespace: jsk.namespace().unwrap_or_default(),
     };
-    for copy in run.list_copies().await? {
+    ctx.secrets.wait_until_ready().await;
+    ctx.config_maps.wait_until_ready().await;
+    for copy in run.list_copies() {
         run.delete_config_map(&copy.namespace().unwrap_or_default(), &copy.name_any())
             .await?;
     }

@@ -14,7 +14,7 @@ use kube::{
 };
 use tracing::info;
 
-use super::{Found, MANAGER, Reconciliation, find};
+use super::{Found, MANAGER, Reconciliation};
 use crate::{keys::Jwk, resources};
 
 /// Writes in flight at once.
@@ -111,8 +111,11 @@ impl<'a> Publisher<'a> {
             .collect();
         let looked_up: Vec<(String, Result<Found<ConfigMap>, kube::Error>)> = stream::iter(unknown)
             .map(|ns| async {
-                let api: Api<ConfigMap> = Api::namespaced(run.ctx.client.clone(), &ns);
-                let found = find(&api, &name, run.jsk).await;
+                let found = run
+                    .ctx
+                    .config_maps
+                    .find(&run.ctx.client, &ns, &name, run.jsk)
+                    .await;
                 (ns, found)
             })
             .buffer_unordered(WRITE_CONCURRENCY)
@@ -260,10 +263,14 @@ impl Reconciliation<'_> {
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {
                 self.ctx.metrics.api_write("configmap");
+                self.ctx.config_maps.deleted(namespace, name);
                 info!(namespace, name, "removed ConfigMap");
                 Ok(())
             }
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                self.ctx.config_maps.deleted(namespace, name);
+                Ok(())
+            }
             Err(e) => Err(super::Error::DeleteConfigMap(
                 format!("{namespace}/{name}"),
                 e,
@@ -302,6 +309,7 @@ impl Reconciliation<'_> {
                 .await
                 .map_err(err)?;
             self.ctx.metrics.api_write("configmap");
+            self.ctx.config_maps.wrote(&created);
             info!(namespace, name, "created ConfigMap");
             return Ok(created);
         };
@@ -329,6 +337,7 @@ impl Reconciliation<'_> {
                 .map_err(err)?;
             self.ctx.metrics.api_write("configmap");
         }
+        self.ctx.config_maps.wrote(&written);
         Ok(written)
     }
 }

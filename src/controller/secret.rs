@@ -30,10 +30,14 @@ impl Reconciliation<'_> {
         match api.delete(name, &kube::api::DeleteParams::default()).await {
             Ok(_) => {
                 self.ctx.metrics.api_write("secret");
+                self.ctx.secrets.deleted(&self.namespace, name);
                 info!(name, "removed Secret under a former name");
                 Ok(())
             }
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                self.ctx.secrets.deleted(&self.namespace, name);
+                Ok(())
+            }
             Err(e) => Err(Error::ApplySecret(name.to_string(), e)),
         }
     }
@@ -116,6 +120,7 @@ impl SecretWriter {
                 .map_err(err)?;
             run.ctx.metrics.api_write("secret");
         }
+        run.ctx.secrets.wrote(&written);
         self.current = Some(written);
         self.written = true;
         Ok(Some(Utc::now()))

@@ -1,0 +1,363 @@
+//! What a reconcile reads, served from watch caches instead of GETs and cluster-wide LISTs.
+//!
+//! For Secrets and ConfigMaps the operator keeps two stores per watched scope, as cert-manager does:
+//! - the metadata of every object (names, labels, owners: no data), which also triggers the
+//!   reconciles, so that a conflicting object of another owner is seen without reading its data;
+//! - the whole objects that carry the operator's `app.kubernetes.io/managed-by` label (its Secrets,
+//!   its ConfigMaps and their copies), which a reconcile reads instead of GET and LIST.
+//!
+//! A reconcile may run before the watch has delivered the operator's own last write. Each write's
+//! result is therefore kept in an overlay until the watch brings that `resourceVersion` (or for at
+//! most [`OVERLAY_TTL`]): reads see the object as written. The overlay is only a hint: every write
+//! carries the `resourceVersion` it was based on, so a stale read ends in a conflict and a retry,
+//! never in an overwrite.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Debug,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{NamespaceResourceScope, api::core::v1::Namespace};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::PartialObjectMeta,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+
+use super::Found;
+use crate::{
+    crd::JwtSigningKey,
+    resources::{self, MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_ANNOTATION},
+    run::WatchBackoff,
+};
+
+/// How long a written object is preferred to the cache when its watch event does not arrive (a
+/// relist may skip it).
+pub const OVERLAY_TTL: Duration = Duration::from_secs(10);
+
+/// The last write of one object, until the watch shows it.
+enum Written<K> {
+    Object {
+        resource_version: Option<String>,
+        object: Arc<K>,
+        at: Instant,
+    },
+    Deleted {
+        at: Instant,
+    },
+}
+
+impl<K> Written<K> {
+    fn fresh(&self) -> bool {
+        let at = match self {
+            Written::Object { at, .. } | Written::Deleted { at } => at,
+        };
+        at.elapsed() < OVERLAY_TTL
+    }
+}
+
+type Key = (String, String);
+
+/// The cached objects of one kind (Secret or ConfigMap) in every watched scope.
+pub struct Cached<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    /// Scope (namespace, or "" for all namespaces) -> metadata of every object.
+    meta: BTreeMap<String, Store<PartialObjectMeta<K>>>,
+    /// Scope -> whole objects labelled as the operator's.
+    managed: BTreeMap<String, Store<K>>,
+    overlay: Mutex<HashMap<Key, Written<K>>>,
+}
+
+/// The watch streams of one scope that fill a [`Cached`]: the metadata stream (which triggers
+/// reconciles) and the managed-objects stream (which only fills its store).
+pub struct Streams<M, F> {
+    /// Metadata of every object; must be polled by the controller.
+    pub meta: M,
+    /// Whole managed objects; must be polled (a background task does).
+    pub managed: F,
+}
+
+fn scope_key(namespace: Option<&str>) -> String {
+    namespace.unwrap_or_default().to_string()
+}
+
+fn key_of(meta: &impl ResourceExt) -> Key {
+    (meta.namespace().unwrap_or_default(), meta.name_any())
+}
+
+impl<K> Cached<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    PartialObjectMeta<K>: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    /// An empty cache; [`Cached::watch`] adds a scope.
+    pub fn new() -> Cached<K> {
+        Cached {
+            meta: BTreeMap::new(),
+            managed: BTreeMap::new(),
+            overlay: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Adds the stores of one scope and returns the streams that fill them. `None` is every
+    /// namespace.
+    pub fn watch(
+        &mut self,
+        client: &Client,
+        namespace: Option<&str>,
+    ) -> Streams<
+        impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + use<K>,
+        impl futures::Stream<Item = Result<K, watcher::Error>> + Send + use<K>,
+    > {
+        let (meta_store, meta_writer) = reflector::store();
+        let (managed_store, managed_writer) = reflector::store();
+        let meta_api: Api<PartialObjectMeta<K>> = scoped(client, namespace);
+        let managed_api: Api<K> = scoped(client, namespace);
+        let meta = reflector::reflector(
+            meta_writer,
+            watcher::watcher(meta_api, watcher::Config::default())
+                .modify(|m: &mut PartialObjectMeta<K>| keep_ownership_only(&mut m.metadata)),
+        )
+        .backoff(WatchBackoff::default())
+        .touched_objects();
+        let managed = reflector::reflector(
+            managed_writer,
+            watcher::watcher(
+                managed_api,
+                watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+            )
+            .modify(|o: &mut K| {
+                o.meta_mut().managed_fields = None;
+                if let Some(a) = o.meta_mut().annotations.as_mut() {
+                    a.remove("kubectl.kubernetes.io/last-applied-configuration");
+                }
+            }),
+        )
+        .backoff(WatchBackoff::default())
+        .touched_objects();
+        self.meta.insert(scope_key(namespace), meta_store);
+        self.managed.insert(scope_key(namespace), managed_store);
+        Streams { meta, managed }
+    }
+
+    /// Waits until every store has listed its objects.
+    pub async fn wait_until_ready(&self) {
+        for store in self.meta.values() {
+            let _ = store.wait_until_ready().await;
+        }
+        for store in self.managed.values() {
+            let _ = store.wait_until_ready().await;
+        }
+    }
+
+    fn scope_of(&self, namespace: &str) -> Option<String> {
+        if self.meta.contains_key("") {
+            Some(String::new())
+        } else {
+            self.meta.contains_key(namespace).then(|| namespace.into())
+        }
+    }
+
+    /// The watch delivered `object`: a write of ours that it shows leaves the overlay.
+    pub fn observed(&self, object: &K) {
+        let key = key_of(object);
+        let mut overlay = self.overlay.lock().expect("cache overlay lock");
+        if let Some(Written::Object {
+            resource_version, ..
+        }) = overlay.get(&key)
+            && *resource_version == object.resource_version()
+        {
+            overlay.remove(&key);
+        }
+        overlay.retain(|_, w| w.fresh());
+    }
+
+    /// Records what a write returned (unless the watch has shown it already).
+    pub fn wrote(&self, object: &K) {
+        let (namespace, name) = key_of(object);
+        // Locked before looking at the store: the watch updates the store before it calls
+        // `observed`, which takes this lock, so a write the watch shows is never left behind.
+        let mut overlay = self.overlay.lock().expect("cache overlay lock");
+        let shown = self
+            .scope_of(&namespace)
+            .and_then(|scope| self.managed.get(&scope))
+            .and_then(|store| store.get(&ObjectRef::new(&name).within(&namespace)))
+            .is_some_and(|cached| cached.resource_version() == object.resource_version());
+        if shown {
+            return;
+        }
+        overlay.insert(
+            key_of(object),
+            Written::Object {
+                resource_version: object.resource_version(),
+                object: Arc::new(object.clone()),
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Records a delete.
+    pub fn deleted(&self, namespace: &str, name: &str) {
+        self.overlay.lock().expect("cache overlay lock").insert(
+            (namespace.into(), name.into()),
+            Written::Deleted { at: Instant::now() },
+        );
+    }
+
+    /// The object as last written by this process, while the watch has not shown it yet.
+    fn written(&self, namespace: &str, name: &str) -> Option<Option<Arc<K>>> {
+        let overlay = self.overlay.lock().expect("cache overlay lock");
+        match overlay.get(&(namespace.to_string(), name.to_string())) {
+            Some(w) if !w.fresh() => None,
+            Some(Written::Object { object, .. }) => Some(Some(object.clone())),
+            Some(Written::Deleted { .. }) => Some(None),
+            None => None,
+        }
+    }
+
+    /// Looks at the object `namespace/name` that `jsk` wants to write. An owned object that lost
+    /// the operator's label is not in the managed store: it is read from the API server.
+    pub(crate) async fn find(
+        &self,
+        client: &Client,
+        namespace: &str,
+        name: &str,
+        jsk: &JwtSigningKey,
+    ) -> Result<Found<K>, kube::Error> {
+        if let Some(written) = self.written(namespace, name) {
+            return Ok(match written {
+                Some(object) => Found::Owned((*object).clone()),
+                None => Found::Missing,
+            });
+        }
+        let Some(scope) = self.scope_of(namespace) else {
+            // Outside every watched scope (not expected): ask the API server.
+            return super::find(&Api::namespaced(client.clone(), namespace), name, jsk).await;
+        };
+        let reference = ObjectRef::<K>::new(name).within(namespace);
+        let managed = self.managed[&scope].get(&reference);
+        let meta =
+            self.meta[&scope].get(&ObjectRef::<PartialObjectMeta<K>>::new(name).within(namespace));
+        Ok(match (managed, meta) {
+            (Some(object), _) if resources::is_owned_by(object.meta(), jsk) => {
+                Found::Owned((*object).clone())
+            }
+            (Some(_), _) => Found::Foreign,
+            (None, None) => Found::Missing,
+            (None, Some(meta)) if resources::is_owned_by(&meta.metadata, jsk) => {
+                super::find(&Api::namespaced(client.clone(), namespace), name, jsk).await?
+            }
+            (None, Some(_)) => Found::Foreign,
+        })
+    }
+
+    /// The managed objects `jsk` owns that carry `label=value`, in `namespace` or (with `None`) in
+    /// every watched scope, as last written or watched.
+    pub fn owned(
+        &self,
+        namespace: Option<&str>,
+        label: (&str, &str),
+        jsk: &JwtSigningKey,
+    ) -> Vec<K> {
+        let stores: Vec<&Store<K>> = match namespace {
+            None => self.managed.values().collect(),
+            Some(ns) => self
+                .scope_of(ns)
+                .and_then(|scope| self.managed.get(&scope))
+                .into_iter()
+                .collect(),
+        };
+        let mut found: BTreeMap<Key, K> = BTreeMap::new();
+        for store in stores {
+            for object in store.state() {
+                if namespace.is_some_and(|ns| object.namespace().as_deref() != Some(ns)) {
+                    continue;
+                }
+                let labelled = object.labels().get(label.0).map(String::as_str) == Some(label.1);
+                if labelled && resources::is_owned_by(object.meta(), jsk) {
+                    found.insert(key_of(&*object), (*object).clone());
+                }
+            }
+        }
+        // The overlay is newer than the stores.
+        let overlay = self.overlay.lock().expect("cache overlay lock");
+        for (key, written) in overlay.iter().filter(|(_, w)| w.fresh()) {
+            if namespace.is_some_and(|ns| key.0 != ns) {
+                continue;
+            }
+            match written {
+                Written::Deleted { .. } => {
+                    found.remove(key);
+                }
+                Written::Object { object, .. } => {
+                    let labelled =
+                        object.labels().get(label.0).map(String::as_str) == Some(label.1);
+                    if labelled && resources::is_owned_by(object.meta(), jsk) {
+                        found.insert(key.clone(), (**object).clone());
+                    } else {
+                        found.remove(key);
+                    }
+                }
+            }
+        }
+        found.into_values().collect()
+    }
+}
+
+impl<K> Default for Cached<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    PartialObjectMeta<K>: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    fn default() -> Self {
+        Cached::new()
+    }
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// What the metadata stores keep: names, labels, owners and the owner annotation of copies.
+fn keep_ownership_only(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == OWNER_UID_ANNOTATION);
+    }
+}
+
+/// Namespaces as publication needs them: names, labels, the consent annotation and whether they
+/// are terminating.
+pub fn strip_namespace(ns: &mut PartialObjectMeta<Namespace>) {
+    ns.metadata.managed_fields = None;
+    if let Some(annotations) = ns.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == crate::crd::ACCEPT_FROM_ANNOTATION);
+    }
+}
