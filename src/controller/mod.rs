@@ -296,10 +296,12 @@ impl Context {
 /// Entry point for the controller runtime.
 #[instrument(skip(jsk, ctx), fields(namespace = jsk.namespace().unwrap_or_default(), name = jsk.name_any()))]
 pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Action> {
+    debug!("reconciling");
     ctx.check_fence()?;
     // Reads come from the watch caches: none is read before every cache has listed its objects.
     ctx.secrets.wait_until_ready().await;
     ctx.config_maps.wait_until_ready().await;
+    debug!("caches ready");
     if jsk.metadata.deletion_timestamp.is_none()
         && let Some(wait) = ctx.backing_off(&jsk)
     {
