@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     cli::{LogFormat, RunArgs},
-    controller::{self, Cached, Context},
+    controller::{self, Cached, Context, Synced},
     crd::{ACCEPT_FROM_ANNOTATION, JwtSigningKey},
     leader::LeaderElector,
     metrics::Metrics,
@@ -145,7 +145,8 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
     ));
     let (copies_hub, _) = broadcast::channel::<ObjectRef<JwtSigningKey>>(1024);
     let (names_hub, _) = broadcast::channel::<String>(1024);
-    let key_stores = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keys_synced = Synced::default();
+    let scope_count = streams.len();
     let controllers: Vec<_> = streams
         .into_iter()
         .map(|(namespace, secret_streams, config_map_streams)| {
@@ -162,21 +163,17 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
                     names_hub: names_hub.clone(),
                     namespace_changes: namespace_changes.clone(),
                 },
-                key_stores.clone(),
+                keys_synced.clone(),
             )
         })
         .collect();
     {
-        let (metrics, key_stores) = (metrics.clone(), key_stores.clone());
+        let metrics = metrics.clone();
         let (secrets, config_maps) = (secrets.clone(), config_maps.clone());
         tokio::spawn(async move {
             secrets.wait_until_ready().await;
             config_maps.wait_until_ready().await;
-            let stores: Vec<Store<JwtSigningKey>> =
-                key_stores.lock().expect("key stores lock").clone();
-            for store in stores {
-                let _ = store.wait_until_ready().await;
-            }
+            keys_synced.wait_for(scope_count).await;
             info!("all watches synced");
             metrics.watches_synced();
         });
@@ -456,7 +453,7 @@ async fn controller_for<S, C>(
     namespace: Option<String>,
     context: Arc<Context>,
     triggers: Triggers<S, C>,
-    key_stores: Arc<std::sync::Mutex<Vec<Store<JwtSigningKey>>>>,
+    keys_synced: Synced,
 ) where
     S: futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
     C: futures::Stream<Item = Result<PartialObjectMeta<ConfigMap>, watcher::Error>>
@@ -475,19 +472,17 @@ async fn controller_for<S, C>(
         None => Api::all(client.clone()),
     };
     let (store, writer) = reflector::store();
-    key_stores
-        .lock()
-        .expect("key stores lock")
-        .push(store.clone());
     let keys = reflector::reflector(
         writer,
-        watcher(jsk_api, watcher::Config::default().any_semantic()).modify(
-            |jsk: &mut JwtSigningKey| {
-                jsk.metadata.managed_fields = None;
-                if let Some(a) = jsk.metadata.annotations.as_mut() {
-                    a.remove("kubectl.kubernetes.io/last-applied-configuration");
-                }
-            },
+        keys_synced.track(
+            watcher(jsk_api, watcher::Config::default().any_semantic()).modify(
+                |jsk: &mut JwtSigningKey| {
+                    jsk.metadata.managed_fields = None;
+                    if let Some(a) = jsk.metadata.annotations.as_mut() {
+                        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+                    }
+                },
+            ),
         ),
     )
     .backoff(WatchBackoff::default())

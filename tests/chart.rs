@@ -1113,6 +1113,9 @@ impl ChartOperator {
         }
         // Many tests run at once: any free port (the Deployment's port is checked by rendering).
         command.env("HTTP_PORT", "0");
+        if let Ok(filter) = std::env::var("JKO_OPERATOR_LOG") {
+            command.env("RUST_LOG", filter);
+        }
         let child = command
             .stdin(Stdio::null())
             .stdout(File::create(log.path()).unwrap())

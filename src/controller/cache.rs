@@ -65,6 +65,47 @@ impl<K> Written<K> {
 
 type Key = (String, String);
 
+/// Counts the watches that have listed their objects once, for any number of waiters. (kube's
+/// `Store::wait_until_ready` wakes only the last of several tasks that wait at the same time, so
+/// only the controller itself waits on it.)
+#[derive(Clone)]
+pub struct Synced {
+    listed: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for Synced {
+    fn default() -> Self {
+        Synced {
+            listed: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+}
+
+impl Synced {
+    /// Passes a watcher's events through; its first complete listing counts.
+    pub fn track<K, S>(&self, stream: S) -> impl futures::Stream<Item = S::Item> + use<K, S>
+    where
+        S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    {
+        let listed = self.listed.clone();
+        let counted = std::sync::atomic::AtomicBool::new(false);
+        futures::StreamExt::inspect(stream, move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone))
+                && !counted.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                listed.send_modify(|n| *n += 1);
+            }
+        })
+    }
+
+    /// Waits until `count` tracked watches have listed their objects.
+    pub async fn wait_for(&self, count: usize) {
+        let mut listed = self.listed.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = listed.wait_for(|n| *n >= count).await;
+    }
+}
+
 /// The cached objects of one kind (Secret or ConfigMap) in every watched scope.
 pub struct Cached<K>
 where
@@ -75,6 +116,7 @@ where
     /// Scope -> whole objects labelled as the operator's.
     managed: BTreeMap<String, Store<K>>,
     overlay: Mutex<HashMap<Key, Written<K>>>,
+    synced: Synced,
 }
 
 /// The watch streams of one scope that fill a [`Cached`]: the metadata stream (which triggers
@@ -111,6 +153,7 @@ where
             meta: BTreeMap::new(),
             managed: BTreeMap::new(),
             overlay: Mutex::new(HashMap::new()),
+            synced: Synced::default(),
         }
     }
 
@@ -130,23 +173,27 @@ where
         let managed_api: Api<K> = scoped(client, namespace);
         let meta = reflector::reflector(
             meta_writer,
-            watcher::watcher(meta_api, watcher::Config::default())
-                .modify(|m: &mut PartialObjectMeta<K>| keep_ownership_only(&mut m.metadata)),
+            self.synced.track(
+                watcher::watcher(meta_api, watcher::Config::default())
+                    .modify(|m: &mut PartialObjectMeta<K>| keep_ownership_only(&mut m.metadata)),
+            ),
         )
         .backoff(WatchBackoff::default())
         .touched_objects();
         let managed = reflector::reflector(
             managed_writer,
-            watcher::watcher(
-                managed_api,
-                watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-            )
-            .modify(|o: &mut K| {
-                o.meta_mut().managed_fields = None;
-                if let Some(a) = o.meta_mut().annotations.as_mut() {
-                    a.remove("kubectl.kubernetes.io/last-applied-configuration");
-                }
-            }),
+            self.synced.track(
+                watcher::watcher(
+                    managed_api,
+                    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+                )
+                .modify(|o: &mut K| {
+                    o.meta_mut().managed_fields = None;
+                    if let Some(a) = o.meta_mut().annotations.as_mut() {
+                        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+                    }
+                }),
+            ),
         )
         .backoff(WatchBackoff::default())
         .touched_objects();
@@ -157,12 +204,9 @@ where
 
     /// Waits until every store has listed its objects.
     pub async fn wait_until_ready(&self) {
-        for store in self.meta.values() {
-            let _ = store.wait_until_ready().await;
-        }
-        for store in self.managed.values() {
-            let _ = store.wait_until_ready().await;
-        }
+        self.synced
+            .wait_for(self.meta.len() + self.managed.len())
+            .await;
     }
 
     fn scope_of(&self, namespace: &str) -> Option<String> {
