@@ -270,6 +270,76 @@ fn status_shows_every_key_and_its_schedule() {
     );
 }
 
+/// A `state.json` as the operator has always written it (timestamps in RFC 3339, UTC, `Z`, with
+/// 0, 3, 6 or 9 fraction digits as needed).
+const STATE_JSON_WRITTEN_BEFORE: &str = concat!(
+    r#"{"keys":["#,
+    r#"{"jwk":{"kty":"RSA","use":"sig","alg":"RS256","kid":"key-2","n":"n","e":"AQAB"},"#,
+    r#""publishedAt":"2026-11-29T04:01:02.123456789Z","activatedAt":"2026-11-29T04:01:12.120Z"},"#,
+    r#"{"jwk":{"kty":"RSA","use":"sig","alg":"RS256","kid":"key-1","n":"n","e":"AQAB"},"#,
+    r#""publishedAt":"2026-11-28T00:00:00Z","activatedAt":"2026-11-28T00:00:00.123456Z","#,
+    r#""retiredAt":"2026-11-29T04:01:12.120Z","removeAfter":"2026-11-29T04:01:43.123456780Z"}],"#,
+    r#""rotationRequestedAt":"2026-11-29T04:00:00.500Z","revoked":["key-0"],"#,
+    r#""handledRotate":"r1","handledRevoke":"key-0","#,
+    r#""revokedAt":{"key-0":"2026-11-29T03:59:59.999999999Z"},"#,
+    r#""pending":{"jwk":{"kty":"RSA","use":"sig","alg":"RS256","kid":"key-3","n":"n","e":"AQAB"},"#,
+    r#""generatedAt":"2026-11-29T04:02:00Z"}}"#,
+);
+
+#[test]
+fn a_state_written_before_reads_back_and_writes_the_same_bytes() {
+    let at = |s: &str| s.parse::<Timestamp>().unwrap();
+    let keys: KeySet = serde_json::from_str(STATE_JSON_WRITTEN_BEFORE).unwrap();
+    let active = keys.active().unwrap();
+    assert_eq!(active.kid(), "key-2");
+    assert_eq!(
+        active.published_at,
+        at("2026-11-29T04:01:02Z") + SignedDuration::from_nanos(123_456_789)
+    );
+    assert_eq!(active.activated_at, Some(at("2026-11-29T04:01:12.12Z")));
+    let retired = keys.retired()[0];
+    assert_eq!(retired.published_at, at("2026-11-28T00:00:00Z"));
+    assert_eq!(
+        retired.activated_at,
+        Some(at("2026-11-28T00:00:00Z") + SignedDuration::from_micros(123_456))
+    );
+    assert_eq!(
+        retired.remove_after,
+        Some(at("2026-11-29T04:01:43.12345678Z"))
+    );
+    assert_eq!(
+        keys.rotation_requested_at,
+        Some(at("2026-11-29T04:00:00.5Z"))
+    );
+    assert_eq!(
+        keys.revoked_at["key-0"],
+        at("2026-11-29T03:59:59.999999999Z")
+    );
+    assert_eq!(
+        keys.pending.as_ref().unwrap().generated_at,
+        at("2026-11-29T04:02:00Z")
+    );
+    assert_eq!(
+        serde_json::to_string(&keys).unwrap(),
+        STATE_JSON_WRITTEN_BEFORE,
+        "an unchanged state is not rewritten"
+    );
+}
+
+#[test]
+fn a_state_with_other_offsets_reads_as_the_same_instants() {
+    let json = STATE_JSON_WRITTEN_BEFORE.replace(
+        "\"publishedAt\":\"2026-11-28T00:00:00Z\"",
+        "\"publishedAt\":\"2026-11-28T02:00:00+02:00\"",
+    );
+    assert_ne!(json, STATE_JSON_WRITTEN_BEFORE);
+    let keys: KeySet = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        keys.retired()[0].published_at,
+        "2026-11-28T00:00:00Z".parse::<Timestamp>().unwrap()
+    );
+}
+
 /// Observed life of one key across a simulation.
 #[derive(Default, Debug)]
 struct Life {

@@ -196,6 +196,29 @@ fn instants_in_the_future_are_clamped_to_now() {
 }
 
 #[test]
+fn instants_at_the_ends_of_the_range_do_not_overflow() {
+    let scene = Scene::new();
+    let mut state = scene.state.clone();
+    state.rotation_requested_at = Some(Timestamp::MAX);
+    state.keys[1].published_at = Timestamp::MIN;
+    state.keys[2].remove_after = Some(Timestamp::MAX);
+    state.keys[3].published_at = Timestamp::MIN;
+    state.keys[3].activated_at = Some(Timestamp::MIN);
+    state.revoked.insert("gone".into());
+    state.revoked_at.insert("gone".into(), Timestamp::MAX);
+    let rebuilt = scene.rebuild(&serde_json::to_string(&state).unwrap());
+    assert_eq!(rebuilt.keys.rotation_requested_at, Some(Timestamp::MAX));
+    assert!(rebuilt.keys.revoked.contains("gone"));
+    let plan = schedule::plan(&timing(), &rebuilt.keys, now());
+    assert_eq!(
+        plan.keys.active().map(|k| k.kid()),
+        Some(scene.pairs[0].kid())
+    );
+    schedule::next_rotation(&timing(), &plan.keys);
+    schedule::key_statuses(&timing(), &plan.keys);
+}
+
+#[test]
 fn a_lost_private_pem_promotes_the_published_next_key() {
     let scene = Scene::new();
     let rebuilt = rebuild(
