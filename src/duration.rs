@@ -37,9 +37,9 @@ impl GoDuration {
         self.0.as_millis()
     }
 
-    /// As a chrono duration, for arithmetic on timestamps.
-    pub fn as_chrono(self) -> chrono::Duration {
-        chrono::Duration::from_std(self.0).unwrap_or(chrono::Duration::MAX)
+    /// As a signed duration, for arithmetic on timestamps.
+    pub fn as_signed(self) -> jiff::SignedDuration {
+        jiff::SignedDuration::try_from(self.0).unwrap_or(jiff::SignedDuration::MAX)
     }
 }
 

@@ -76,7 +76,7 @@ pub struct LeaderElector {
 }
 
 fn now() -> MicroTime {
-    MicroTime(k8s_openapi::jiff::Timestamp::now())
+    MicroTime(jiff::Timestamp::now())
 }
 
 fn is_conflict(error: &kube::Error) -> bool {

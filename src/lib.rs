@@ -12,3 +12,4 @@ pub mod resources;
 pub mod run;
 pub mod schedule;
 pub mod serve_jwks;
+pub mod time;

@@ -2,7 +2,7 @@
 
 use std::{sync::Mutex, time::Duration};
 
-use chrono::{DateTime, Utc};
+use jiff::Timestamp;
 use kube::ResourceExt;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -168,7 +168,7 @@ impl Metrics {
         &self,
         jsk: &JwtSigningKey,
         keys: &KeySet,
-        next_rotation: Option<DateTime<Utc>>,
+        next_rotation: Option<Timestamp>,
     ) {
         let labels = labels(jsk);
         self.published_keys
@@ -177,7 +177,7 @@ impl Metrics {
         if let Some(at) = next_rotation {
             self.next_rotation
                 .get_or_create(&labels)
-                .set(at.timestamp_millis() as f64 / 1000.0);
+                .set(at.as_millisecond() as f64 / 1000.0);
         }
     }
 

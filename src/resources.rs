@@ -266,7 +266,7 @@ pub fn secret_data_matches(observed: &Secret, desired: &Secret) -> bool {
 mod tests {
     use super::*;
     use crate::{crd::JwtSigningKeySpec, schedule::KeyRecord};
-    use chrono::{TimeZone, Utc};
+    use jiff::Timestamp;
 
     fn jsk() -> JwtSigningKey {
         let mut jsk = JwtSigningKey::new(
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn jwks_lists_signing_key_first_then_next_then_retired_newest_first() {
-        let t = |s| Utc.timestamp_opt(s, 0).unwrap();
+        let t = |s| Timestamp::from_second(s).unwrap();
         let pairs: Vec<KeyPair> = (0..4)
             .map(|_| KeyPair::generate(2048, crate::crd::Algorithm::RS256).unwrap())
             .collect();

@@ -15,17 +15,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Duration, Utc};
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     crd::{KeyState, KeyStatus, MAX_PUBLISHED_KEYS, Timing},
     keys::Jwk,
+    time::{minus, plus, rfc3339_secs},
 };
 
 /// Extra time a retired key stays published beyond L + P, covering the few milliseconds between
 /// the planned instant and the moment the Secret write lands.
-pub const CLOCK_MARGIN: Duration = Duration::seconds(1);
+pub const CLOCK_MARGIN: SignedDuration = SignedDuration::from_secs(1);
 
 /// What the operator remembers about one published key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -34,21 +35,34 @@ pub struct KeyRecord {
     /// The public key (carries `kid` and `alg`).
     pub jwk: Jwk,
     /// When the key was confirmed published in every ConfigMap.
-    pub published_at: DateTime<Utc>,
+    #[serde(with = "crate::time::rfc3339")]
+    pub published_at: Timestamp,
     /// When it started signing; `None` while it is the next key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub activated_at: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::rfc3339::option"
+    )]
+    pub activated_at: Option<Timestamp>,
     /// When it stopped signing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retired_at: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::rfc3339::option"
+    )]
+    pub retired_at: Option<Timestamp>,
     /// Earliest removal promised at retirement; it may grow with the spec, never shrink.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remove_after: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::rfc3339::option"
+    )]
+    pub remove_after: Option<Timestamp>,
 }
 
 impl KeyRecord {
     /// A key that was just published.
-    pub fn published(jwk: Jwk, at: DateTime<Utc>, signs_now: bool) -> KeyRecord {
+    pub fn published(jwk: Jwk, at: Timestamp, signs_now: bool) -> KeyRecord {
         KeyRecord {
             jwk,
             published_at: at,
@@ -80,8 +94,12 @@ pub struct KeySet {
     #[serde(default)]
     pub keys: Vec<KeyRecord>,
     /// A rotation requested (by annotation) at this instant: the next key signs P after it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation_requested_at: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::rfc3339::option"
+    )]
+    pub rotation_requested_at: Option<Timestamp>,
     /// Revoked key ids: never published again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub revoked: BTreeSet<String>,
@@ -93,8 +111,12 @@ pub struct KeySet {
     pub handled_revoke: Option<String>,
     /// When each revoked kid was revoked, so that the list can be pruned once a kid can no longer
     /// appear.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub revoked_at: BTreeMap<String, DateTime<Utc>>,
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "crate::time::rfc3339::map"
+    )]
+    pub revoked_at: BTreeMap<String, Timestamp>,
     /// A generated key saved (with its private half in the Secret) before it is published
     /// everywhere; a retry publishes this key instead of generating another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,7 +130,8 @@ pub struct PendingKey {
     /// The public key.
     pub jwk: Jwk,
     /// When it was generated.
-    pub generated_at: DateTime<Utc>,
+    #[serde(with = "crate::time::rfc3339")]
+    pub generated_at: Timestamp,
 }
 
 /// The role of a key the plan asks the caller to generate.
@@ -144,12 +167,12 @@ pub struct Plan {
     /// Changes made by this plan.
     pub transitions: Vec<Transition>,
     /// Next instant the plan changes without outside input.
-    pub next_change: Option<DateTime<Utc>>,
+    pub next_change: Option<Timestamp>,
 }
 
 impl KeySet {
     /// Adds a freshly generated key, confirmed published at `at`.
-    pub fn add_published(&mut self, jwk: Jwk, at: DateTime<Utc>, role: NewKey) {
+    pub fn add_published(&mut self, jwk: Jwk, at: Timestamp, role: NewKey) {
         self.keys
             .push(KeyRecord::published(jwk, at, role == NewKey::SignsNow));
     }
@@ -196,30 +219,30 @@ impl KeySet {
     /// Records that the signing key's private half is gone (Secret deleted or corrupted): it stops
     /// signing now and stays published for verification; a next key without its private half is
     /// dropped, having never signed.
-    pub fn lose_private_keys(&mut self, timing: &Timing, now: DateTime<Utc>, keep_next: bool) {
+    pub fn lose_private_keys(&mut self, timing: &Timing, now: Timestamp, keep_next: bool) {
         let retention = retention(timing);
         self.keys.retain(|k| keep_next || !k.is_next());
         for key in self.keys.iter_mut().filter(|k| k.is_active()) {
             key.retired_at = Some(now);
-            key.remove_after = Some(now + retention);
+            key.remove_after = Some(plus(now, retention));
         }
     }
 }
 
 /// How long a retired key stays published: L + P plus the clock margin.
-pub fn retention(timing: &Timing) -> Duration {
-    timing.max_token_lifetime.as_chrono() + timing.propagation_delay.as_chrono() + CLOCK_MARGIN
+pub fn retention(timing: &Timing) -> SignedDuration {
+    timing.max_token_lifetime.as_signed() + timing.propagation_delay.as_signed() + CLOCK_MARGIN
 }
 
 /// When the signing key is scheduled to stop signing.
-fn scheduled_retirement(timing: &Timing, keys: &KeySet, active: &KeyRecord) -> DateTime<Utc> {
+fn scheduled_retirement(timing: &Timing, keys: &KeySet, active: &KeyRecord) -> Timestamp {
     let activated = active
         .activated_at
         .expect("active keys have an activation time");
-    let by_interval = activated + timing.rotation_interval.as_chrono();
+    let by_interval = plus(activated, timing.rotation_interval.as_signed());
     match keys.rotation_requested_at {
         Some(requested) if requested >= activated => {
-            by_interval.min(requested + timing.propagation_delay.as_chrono())
+            by_interval.min(plus(requested, timing.propagation_delay.as_signed()))
         }
         _ => by_interval,
     }
@@ -232,16 +255,15 @@ fn activation_time(
     keys: &KeySet,
     active: &KeyRecord,
     next: &KeyRecord,
-) -> DateTime<Utc> {
-    scheduled_retirement(timing, keys, active).max(
-        next.published_at
-            + timing.propagation_delay.as_chrono()
-            + timing.activation_margin.as_chrono(),
-    )
+) -> Timestamp {
+    scheduled_retirement(timing, keys, active).max(plus(
+        plus(next.published_at, timing.propagation_delay.as_signed()),
+        timing.activation_margin.as_signed(),
+    ))
 }
 
 /// Plans the key set at `now`.
-pub fn plan(timing: &Timing, current: &KeySet, now: DateTime<Utc>) -> Plan {
+pub fn plan(timing: &Timing, current: &KeySet, now: Timestamp) -> Plan {
     let mut keys = current.clone();
     let mut transitions = Vec::new();
     let retention = retention(timing);
@@ -280,7 +302,7 @@ pub fn plan(timing: &Timing, current: &KeySet, now: DateTime<Utc>) -> Plan {
     // Retention follows the current spec but never shrinks below what was promised.
     for key in keys.keys.iter_mut() {
         if let Some(retired) = key.retired_at {
-            let by_spec = retired + retention;
+            let by_spec = plus(retired, retention);
             key.remove_after = Some(
                 key.remove_after
                     .map_or(by_spec, |promised| promised.max(by_spec)),
@@ -297,8 +319,10 @@ pub fn plan(timing: &Timing, current: &KeySet, now: DateTime<Utc>) -> Plan {
             break;
         };
         let Some(next) = keys.next().cloned() else {
-            let publish_at =
-                scheduled_retirement(timing, &keys, &active) - timing.propagation_delay.as_chrono();
+            let publish_at = minus(
+                scheduled_retirement(timing, &keys, &active),
+                timing.propagation_delay.as_signed(),
+            );
             // A next key needs room under the bound; requested rotations that would exceed it wait
             // until retired keys are removed (retention is never cut short).
             if now >= publish_at && keys.has_room_for_next() {
@@ -312,7 +336,7 @@ pub fn plan(timing: &Timing, current: &KeySet, now: DateTime<Utc>) -> Plan {
         for key in keys.keys.iter_mut() {
             if key.kid() == active.kid() {
                 key.retired_at = Some(now);
-                key.remove_after = Some(now + retention);
+                key.remove_after = Some(plus(now, retention));
             } else if key.kid() == next.kid() {
                 key.activated_at = Some(now);
             }
@@ -333,16 +357,16 @@ pub fn plan(timing: &Timing, current: &KeySet, now: DateTime<Utc>) -> Plan {
     let next_change = if generate.is_some() {
         Some(now)
     } else {
-        let mut candidates: Vec<DateTime<Utc>> =
+        let mut candidates: Vec<Timestamp> =
             keys.keys.iter().filter_map(|k| k.remove_after).collect();
         if let Some(active) = keys.active() {
             match keys.next() {
                 Some(next) => candidates.push(activation_time(timing, &keys, active, next)),
                 // Without room, the next removal (already a candidate) is when to look again.
-                None if keys.has_room_for_next() => candidates.push(
-                    scheduled_retirement(timing, &keys, active)
-                        - timing.propagation_delay.as_chrono(),
-                ),
+                None if keys.has_room_for_next() => candidates.push(minus(
+                    scheduled_retirement(timing, &keys, active),
+                    timing.propagation_delay.as_signed(),
+                )),
                 None => {}
             }
         }
@@ -358,7 +382,7 @@ pub fn plan(timing: &Timing, current: &KeySet, now: DateTime<Utc>) -> Plan {
 }
 
 /// When the signing key changes next (the `nextRotationTime` of the status).
-pub fn next_rotation(timing: &Timing, keys: &KeySet) -> Option<DateTime<Utc>> {
+pub fn next_rotation(timing: &Timing, keys: &KeySet) -> Option<Timestamp> {
     let active = keys.active()?;
     Some(match keys.next() {
         Some(next) => activation_time(timing, keys, active, next),
@@ -368,8 +392,7 @@ pub fn next_rotation(timing: &Timing, keys: &KeySet) -> Option<DateTime<Utc>> {
 
 /// The status entries of the published keys, in `jwks.json` order.
 pub fn key_statuses(timing: &Timing, keys: &KeySet) -> Vec<KeyStatus> {
-    let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let r = timing.rotation_interval.as_chrono();
+    let r = timing.rotation_interval.as_signed();
     let active = keys.active();
     keys.published_in_order()
         .into_iter()
@@ -379,7 +402,7 @@ pub fn key_statuses(timing: &Timing, keys: &KeySet) -> Vec<KeyStatus> {
                 (KeyState::Active, key.activated_at, Some(retires))
             } else if key.is_next() {
                 let activates = active.map(|a| activation_time(timing, keys, a, key));
-                (KeyState::Next, activates, activates.map(|t| t + r))
+                (KeyState::Next, activates, activates.map(|t| plus(t, r)))
             } else {
                 (KeyState::Retired, key.activated_at, key.retired_at)
             };
@@ -387,10 +410,10 @@ pub fn key_statuses(timing: &Timing, keys: &KeySet) -> Vec<KeyStatus> {
                 kid: key.kid().to_string(),
                 state,
                 algorithm: Some(key.jwk.alg.clone()),
-                created_at: rfc3339(key.published_at),
-                activates_at: activates.map(rfc3339),
-                retires_at: retires.map(rfc3339),
-                remove_after: key.remove_after.map(rfc3339),
+                created_at: rfc3339_secs(key.published_at),
+                activates_at: activates.map(rfc3339_secs),
+                retires_at: retires.map(rfc3339_secs),
+                remove_after: key.remove_after.map(rfc3339_secs),
             }
         })
         .collect()

@@ -232,13 +232,14 @@ async fn a_scheduled_rotation_waits_until_every_copy_holds_the_next_key() {
         // Past the scheduled rotation, the first key still signs: the frozen copy lacks the next key.
         let key = api(&ns).get("auth").await.unwrap();
         let scheduled = key.status.unwrap().next_rotation_time.unwrap();
-        let scheduled = chrono::DateTime::parse_from_rfc3339(&scheduled).unwrap();
+        let scheduled: jiff::Timestamp = scheduled.parse().unwrap();
         wait_publish_failed_naming(&ns, &frozen).await;
         wait_for(
             "the scheduled rotation to pass",
             Duration::from_secs(30),
             || async {
-                (chrono::Utc::now() > scheduled + chrono::Duration::seconds(5)).then_some(())
+                (jiff::Timestamp::now() > scheduled + jiff::SignedDuration::from_secs(5))
+                    .then_some(())
             },
         )
         .await;

@@ -295,11 +295,10 @@ async fn after_downtime_the_operator_catches_up_late_never_early() {
         .await;
         let status = key.status.unwrap();
         let retired = status.keys.iter().find(|k| k.kid == first).unwrap();
-        let planned_removal =
-            chrono::DateTime::parse_from_rfc3339(retired.remove_after.as_ref().unwrap()).unwrap();
-        let planned_rotation =
-            chrono::DateTime::parse_from_rfc3339(status.next_rotation_time.as_ref().unwrap())
-                .unwrap();
+        let planned_removal: jiff::Timestamp =
+            retired.remove_after.as_ref().unwrap().parse().unwrap();
+        let planned_rotation: jiff::Timestamp =
+            status.next_rotation_time.as_ref().unwrap().parse().unwrap();
 
         operator.kill();
         let down_at = history.versions().len();
@@ -307,9 +306,9 @@ async fn after_downtime_the_operator_catches_up_late_never_early() {
             "the planned removal and activation to pass",
             Duration::from_secs(40),
             || async {
-                let now = chrono::Utc::now();
-                (now > planned_removal + chrono::Duration::seconds(3)
-                    && now > planned_rotation + chrono::Duration::seconds(3))
+                let now = jiff::Timestamp::now();
+                (now > planned_removal + jiff::SignedDuration::from_secs(3)
+                    && now > planned_rotation + jiff::SignedDuration::from_secs(3))
                 .then_some(())
             },
         )
@@ -320,7 +319,7 @@ async fn after_downtime_the_operator_catches_up_late_never_early() {
             "nothing changes while the operator is down"
         );
 
-        let restarted = chrono::Utc::now();
+        let restarted = jiff::Timestamp::now();
         operator.restart();
         let kids = wait_signing_kids(&history, 3, Duration::from_secs(30)).await;
         wait_for("the first key to be removed", REACT, || async {
@@ -330,10 +329,9 @@ async fn after_downtime_the_operator_catches_up_late_never_early() {
         .await;
         let status = api(&ns).get("auth").await.unwrap().status.unwrap();
         let third = status.keys.iter().find(|k| k.kid == kids[2]).unwrap();
-        let activated =
-            chrono::DateTime::parse_from_rfc3339(third.activates_at.as_ref().unwrap()).unwrap();
+        let activated: jiff::Timestamp = third.activates_at.as_ref().unwrap().parse().unwrap();
         assert!(
-            activated >= restarted + chrono::Duration::seconds(2),
+            activated >= restarted + jiff::SignedDuration::from_secs(2),
             "late activation, after P from the restart"
         );
         assert!(activated > planned_rotation, "late, never early");

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::{DateTime, Utc};
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Namespace, Secret},
     apimachinery::pkg::apis::meta::v1::LabelSelector,
@@ -54,6 +54,7 @@ use crate::{
     metrics::Metrics,
     resources::{self, PrivateKeys},
     schedule::{self, KeySet, NewKey, PendingKey, Transition},
+    time::plus,
 };
 use publish::Publisher;
 use report::Readiness;
@@ -71,7 +72,7 @@ pub const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// A write whose return is later than the planned instant by more than this is stamped again in the
 /// Secret's state (the retention's clock margin covers the rest).
-const STAMP_TOLERANCE: chrono::Duration = chrono::Duration::milliseconds(200);
+const STAMP_TOLERANCE: SignedDuration = SignedDuration::from_millis(200);
 
 /// Why a reconcile failed. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
@@ -401,18 +402,17 @@ fn publication_order(keys: &KeySet, keep: Option<&str>) -> Vec<Jwk> {
 /// them true returned. Returns whether anything moved.
 fn restamp(
     keys: &mut KeySet,
-    planned: DateTime<Utc>,
-    returned: DateTime<Utc>,
-    retention: chrono::Duration,
+    planned: Timestamp,
+    returned: Timestamp,
+    retention: SignedDuration,
 ) -> bool {
     let mut moved = false;
     for key in keys.keys.iter_mut() {
         if key.retired_at == Some(planned) {
             key.retired_at = Some(returned);
-            key.remove_after = Some(
-                key.remove_after
-                    .map_or(returned + retention, |at| at.max(returned + retention)),
-            );
+            key.remove_after = Some(key.remove_after.map_or(plus(returned, retention), |at| {
+                at.max(plus(returned, retention))
+            }));
             moved = true;
         }
         if key.activated_at == Some(planned) {
@@ -526,7 +526,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
     let renamed_home = run.renamed_home_config_maps();
     let mut publisher = Publisher::new(&run, home, copies, &targets).await;
 
-    let now = Utc::now();
+    let now = Timestamp::now();
     let source = secret.as_ref().or(renamed_secret.as_ref());
     let Rebuilt {
         mut keys,
@@ -559,7 +559,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
     // New keys: saved in the Secret, then published everywhere, then part of the schedule.
     let mut secret_error = None;
     loop {
-        let plan = schedule::plan(&timing, &keys, Utc::now());
+        let plan = schedule::plan(&timing, &keys, Timestamp::now());
         let Some(role) = plan.generate else { break };
         let reuse = keys
             .pending
@@ -571,7 +571,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
                 let pair = run.generate_key().await?;
                 let pending = PendingKey {
                     jwk: pair.jwk.clone(),
-                    generated_at: Utc::now(),
+                    generated_at: Timestamp::now(),
                 };
                 notes.push((
                     EventType::Normal,
@@ -608,7 +608,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         }
         let published_at = publisher
             .added_at(&pending.jwk.kid)
-            .unwrap_or_else(Utc::now);
+            .unwrap_or_else(Timestamp::now);
         keys.pending = None;
         keys.add_published(pending.jwk.clone(), published_at, role);
         notes.push((
@@ -639,7 +639,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
     hold_next_until_everywhere(&mut keys, &publisher);
 
     // Switch the Secret.
-    let planned = Utc::now();
+    let planned = Timestamp::now();
     let mut plan = schedule::plan(&timing, &keys, planned);
     if secret_error.is_none() {
         match writer
@@ -648,7 +648,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         {
             Ok(Some(returned)) => {
                 if restamp(&mut plan.keys, planned, returned, retention)
-                    && returned - planned > STAMP_TOLERANCE
+                    && returned.duration_since(planned) > STAMP_TOLERANCE
                     && let Err(e) = writer
                         .write(&run, desired_secret(jsk, &plan.keys, &private))
                         .await
@@ -786,7 +786,8 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
     }
     Ok(match plan.next_change {
         Some(at) => Action::requeue(
-            (at - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(20),
+            Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()
+                + Duration::from_millis(20),
         ),
         None => Action::await_change(),
     })
@@ -801,7 +802,7 @@ fn hold_next_until_everywhere(keys: &mut KeySet, publisher: &Publisher<'_>) {
     let since = if publisher.everywhere(&kid) {
         publisher.added_at(&kid)
     } else {
-        Some(Utc::now())
+        Some(Timestamp::now())
     };
     if let Some(since) = since
         && let Some(next) = keys.keys.iter_mut().find(|k| k.kid() == kid)
@@ -858,7 +859,7 @@ fn take_annotations(
     jsk: &JwtSigningKey,
     keys: &mut KeySet,
     status: &JwtSigningKeyStatus,
-    now: DateTime<Utc>,
+    now: Timestamp,
     notes: &mut Vec<(EventType, &'static str, String)>,
 ) {
     let annotations = jsk.annotations();

@@ -11,12 +11,13 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     crd::{Algorithm, JwtSigningKeyStatus, MAX_PUBLISHED_KEYS, Timing},
     keys::{Jwk, KeyPair, thumbprint},
     schedule::{self, KeyRecord, KeySet, PendingKey},
+    time::{parse_rfc3339, plus, rfc3339_secs},
 };
 
 /// What the reconciler read, for [`rebuild`].
@@ -52,14 +53,12 @@ fn is_valid(jwk: &Jwk) -> bool {
     jwk.kty == "RSA" && jwk.kid == thumbprint(&jwk.n, &jwk.e)
 }
 
-fn parse_time(value: Option<&str>) -> Option<DateTime<Utc>> {
-    value
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
+fn parse_time(value: Option<&str>) -> Option<Timestamp> {
+    value.and_then(parse_rfc3339)
 }
 
 /// Rebuilds the key set and the private keys from the Secret, the publication and the status.
-pub fn rebuild(timing: &Timing, input: &Inputs, now: DateTime<Utc>) -> Rebuilt {
+pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
     let retention = schedule::retention(timing);
     let mut repairs = Vec::new();
     let mut keys: KeySet = match input.state_json {
@@ -110,7 +109,7 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: DateTime<Utc>) -> Rebuilt {
             .and_then(|s| s.keys.iter().find(|entry| entry.kid == kid))
     };
     let status_time =
-        |kid: &str, pick: fn(&crate::crd::KeyStatus) -> Option<&str>| -> Option<DateTime<Utc>> {
+        |kid: &str, pick: fn(&crate::crd::KeyStatus) -> Option<&str>| -> Option<Timestamp> {
             parse_time(status_entry(kid).and_then(pick)).map(|t| t.min(now))
         };
     let parse_pair = |pem: Option<&str>| {
@@ -196,7 +195,7 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: DateTime<Utc>) -> Rebuilt {
             record.remove_after = Some(
                 record
                     .remove_after
-                    .map_or(now + retention, |at| at.max(now + retention)),
+                    .map_or(plus(now, retention), |at| at.max(plus(now, retention))),
             );
         }
     }
@@ -281,7 +280,7 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: DateTime<Utc>) -> Rebuilt {
         repairs.push(format!(
             "key {kid} is published but the state did not know it; it stays published until at \
              least {}",
-            (now + retention).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            rfc3339_secs(plus(now, retention))
         ));
         let promised = parse_time(status_entry(kid).and_then(|e| e.remove_after.as_deref()));
         keys.keys.push(KeyRecord {
@@ -289,7 +288,9 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: DateTime<Utc>) -> Rebuilt {
             published_at: status_time(kid, |e| Some(e.created_at.as_str())).unwrap_or(now),
             activated_at: status_time(kid, |e| e.activates_at.as_deref()),
             retired_at: Some(now),
-            remove_after: Some(promised.map_or(now + retention, |p| p.max(now + retention))),
+            remove_after: Some(
+                promised.map_or(plus(now, retention), |p| p.max(plus(now, retention))),
+            ),
         });
     }
     // A retired key the status knows but neither the state nor any ConfigMap does is not revived:
@@ -314,11 +315,11 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: DateTime<Utc>) -> Rebuilt {
 fn prune_revoked(
     keys: &mut KeySet,
     published: &BTreeMap<String, Jwk>,
-    retention: chrono::Duration,
-    now: DateTime<Utc>,
+    retention: SignedDuration,
+    now: Timestamp,
 ) {
-    let keep: Vec<(DateTime<Utc>, String)> = {
-        let mut entries: Vec<(DateTime<Utc>, String)> = keys
+    let keep: Vec<(Timestamp, String)> = {
+        let mut entries: Vec<(Timestamp, String)> = keys
             .revoked
             .iter()
             .map(|kid| {
@@ -327,7 +328,7 @@ fn prune_revoked(
                     kid.clone(),
                 )
             })
-            .filter(|(at, kid)| published.contains_key(kid) || *at + retention > now)
+            .filter(|(at, kid)| published.contains_key(kid) || plus(*at, retention) > now)
             .collect();
         entries.sort_by(|a, b| b.cmp(a));
         entries.truncate(MAX_PUBLISHED_KEYS as usize);

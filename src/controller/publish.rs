@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, ResourceExt,
@@ -35,7 +35,7 @@ pub struct Publisher<'a> {
     /// Namespaces whose last write (or read) failed, with the error.
     failed: BTreeMap<String, String>,
     /// Kid -> latest instant a write returned that added it to a ConfigMap that lacked it.
-    added: BTreeMap<String, DateTime<Utc>>,
+    added: BTreeMap<String, Timestamp>,
     /// Copies under a name this key no longer uses: (namespace, name).
     renamed: Vec<(String, String)>,
 }
@@ -171,7 +171,7 @@ impl<'a> Publisher<'a> {
     }
 
     /// When a write last added `kid` to a ConfigMap that lacked it, in this reconcile.
-    pub fn added_at(&self, kid: &str) -> Option<DateTime<Utc>> {
+    pub fn added_at(&self, kid: &str) -> Option<Timestamp> {
         self.added.get(kid).copied()
     }
 
@@ -202,7 +202,7 @@ impl<'a> Publisher<'a> {
         let results: Vec<_> = stream::iter(work)
             .map(|(ns, current, desired, held)| async move {
                 let result = run.write_config_map(current.as_ref(), desired).await;
-                (ns, current, held, result, Utc::now())
+                (ns, current, held, result, Timestamp::now())
             })
             .buffer_unordered(WRITE_CONCURRENCY)
             .collect()

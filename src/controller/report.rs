@@ -1,8 +1,6 @@
 //! Report: the status (written with server-side apply, only when it changed), the `Ready`
 //! condition, and events (published when state changes, never with key material).
 
-use chrono::DateTime;
-use chrono::Utc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Api, Resource, ResourceExt,
@@ -16,6 +14,7 @@ use super::{Error, MANAGER, Reconciliation, Result};
 use crate::{
     crd::{JwtSigningKey, JwtSigningKeyStatus, Timing},
     schedule::{self, KeySet},
+    time::rfc3339_secs,
 };
 
 /// The `Ready` condition's status, reason and message.
@@ -65,14 +64,13 @@ impl Reconciliation<'_> {
         ready: &Readiness,
         old: &JwtSigningKeyStatus,
     ) -> JwtSigningKeyStatus {
-        let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         JwtSigningKeyStatus {
             observed_generation: self.jsk.metadata.generation,
             conditions: vec![self.ready_condition(ready, old)],
             active_key_id: keys.active().map(|k| k.kid().to_string()),
             keys: schedule::key_statuses(timing, keys),
-            last_rotation_time: keys.active().and_then(|k| k.activated_at).map(rfc3339),
-            next_rotation_time: schedule::next_rotation(timing, keys).map(rfc3339),
+            last_rotation_time: keys.active().and_then(|k| k.activated_at).map(rfc3339_secs),
+            next_rotation_time: schedule::next_rotation(timing, keys).map(rfc3339_secs),
             published_namespaces,
             unaccepted_namespaces: old.unaccepted_namespaces.clone(),
             last_rotate_annotation: keys.handled_rotate.clone(),
@@ -85,7 +83,7 @@ impl Reconciliation<'_> {
         let previous = old.conditions.iter().find(|c| c.type_ == "Ready");
         let last_transition_time = match previous {
             Some(c) if c.status == ready.status => c.last_transition_time.clone(),
-            _ => Time(k8s_openapi::jiff::Timestamp::now()),
+            _ => Time(jiff::Timestamp::now()),
         };
         Condition {
             type_: "Ready".into(),

@@ -3,7 +3,7 @@
 //! writer got there first), so a stale writer gets a conflict instead of overwriting; data keys
 //! another field manager added are removed, so only the operator's entries remain.
 
-use chrono::{DateTime, Utc};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
@@ -65,7 +65,7 @@ impl SecretWriter {
         &mut self,
         run: &Reconciliation<'_>,
         mut desired: Secret,
-    ) -> Result<Option<DateTime<Utc>>> {
+    ) -> Result<Option<Timestamp>> {
         if let Some(current) = &self.current
             && resources::secret_data_matches(current, &desired)
             && resources::is_in_sync(&current.metadata, &desired.metadata)
@@ -123,6 +123,6 @@ impl SecretWriter {
         run.ctx.secrets.wrote(&written);
         self.current = Some(written);
         self.written = true;
-        Ok(Some(Utc::now()))
+        Ok(Some(Timestamp::now()))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
 use super::*;
@@ -17,12 +17,12 @@ fn timing(r: i64, p: i64, l: i64) -> Timing {
     }
 }
 
-fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+fn t0() -> Timestamp {
+    "2026-01-01T00:00:00Z".parse().unwrap()
 }
 
-fn secs(s: i64) -> Duration {
-    Duration::seconds(s)
+fn secs(s: i64) -> SignedDuration {
+    SignedDuration::from_secs(s)
 }
 
 /// A fake key generator and the operator's apply loop, as the reconciler runs it.
@@ -56,7 +56,7 @@ impl World {
     }
 
     /// Reconciles at `now`; returns the plan's next change.
-    fn reconcile(&mut self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    fn reconcile(&mut self, now: Timestamp) -> Option<Timestamp> {
         loop {
             let plan = plan(&self.timing, &self.keys, now);
             self.keys = plan.keys;
@@ -132,7 +132,7 @@ fn retired_key_stays_published_for_l_plus_p() {
     let next = world.reconcile(t0() + secs(100));
     let removal = t0() + secs(100 + 20 + 10) + CLOCK_MARGIN;
     assert_eq!(next, Some(removal));
-    world.reconcile(removal - Duration::milliseconds(1));
+    world.reconcile(removal - SignedDuration::from_millis(1));
     assert!(world.published().contains(&"key-1".to_string()));
     world.reconcile(removal);
     assert_eq!(world.published(), ["key-2"]);
@@ -270,13 +270,83 @@ fn status_shows_every_key_and_its_schedule() {
     );
 }
 
+/// A `state.json` as the operator has always written it (timestamps in RFC 3339, UTC, `Z`, with
+/// 0, 3, 6 or 9 fraction digits as needed).
+const STATE_JSON_WRITTEN_BEFORE: &str = concat!(
+    r#"{"keys":["#,
+    r#"{"jwk":{"kty":"RSA","use":"sig","alg":"RS256","kid":"key-2","n":"n","e":"AQAB"},"#,
+    r#""publishedAt":"2026-11-29T04:01:02.123456789Z","activatedAt":"2026-11-29T04:01:12.120Z"},"#,
+    r#"{"jwk":{"kty":"RSA","use":"sig","alg":"RS256","kid":"key-1","n":"n","e":"AQAB"},"#,
+    r#""publishedAt":"2026-11-28T00:00:00Z","activatedAt":"2026-11-28T00:00:00.123456Z","#,
+    r#""retiredAt":"2026-11-29T04:01:12.120Z","removeAfter":"2026-11-29T04:01:43.123456780Z"}],"#,
+    r#""rotationRequestedAt":"2026-11-29T04:00:00.500Z","revoked":["key-0"],"#,
+    r#""handledRotate":"r1","handledRevoke":"key-0","#,
+    r#""revokedAt":{"key-0":"2026-11-29T03:59:59.999999999Z"},"#,
+    r#""pending":{"jwk":{"kty":"RSA","use":"sig","alg":"RS256","kid":"key-3","n":"n","e":"AQAB"},"#,
+    r#""generatedAt":"2026-11-29T04:02:00Z"}}"#,
+);
+
+#[test]
+fn a_state_written_before_reads_back_and_writes_the_same_bytes() {
+    let at = |s: &str| s.parse::<Timestamp>().unwrap();
+    let keys: KeySet = serde_json::from_str(STATE_JSON_WRITTEN_BEFORE).unwrap();
+    let active = keys.active().unwrap();
+    assert_eq!(active.kid(), "key-2");
+    assert_eq!(
+        active.published_at,
+        at("2026-11-29T04:01:02Z") + SignedDuration::from_nanos(123_456_789)
+    );
+    assert_eq!(active.activated_at, Some(at("2026-11-29T04:01:12.12Z")));
+    let retired = keys.retired()[0];
+    assert_eq!(retired.published_at, at("2026-11-28T00:00:00Z"));
+    assert_eq!(
+        retired.activated_at,
+        Some(at("2026-11-28T00:00:00Z") + SignedDuration::from_micros(123_456))
+    );
+    assert_eq!(
+        retired.remove_after,
+        Some(at("2026-11-29T04:01:43.12345678Z"))
+    );
+    assert_eq!(
+        keys.rotation_requested_at,
+        Some(at("2026-11-29T04:00:00.5Z"))
+    );
+    assert_eq!(
+        keys.revoked_at["key-0"],
+        at("2026-11-29T03:59:59.999999999Z")
+    );
+    assert_eq!(
+        keys.pending.as_ref().unwrap().generated_at,
+        at("2026-11-29T04:02:00Z")
+    );
+    assert_eq!(
+        serde_json::to_string(&keys).unwrap(),
+        STATE_JSON_WRITTEN_BEFORE,
+        "an unchanged state is not rewritten"
+    );
+}
+
+#[test]
+fn a_state_with_other_offsets_reads_as_the_same_instants() {
+    let json = STATE_JSON_WRITTEN_BEFORE.replace(
+        "\"publishedAt\":\"2026-11-28T00:00:00Z\"",
+        "\"publishedAt\":\"2026-11-28T02:00:00+02:00\"",
+    );
+    assert_ne!(json, STATE_JSON_WRITTEN_BEFORE);
+    let keys: KeySet = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        keys.retired()[0].published_at,
+        "2026-11-28T00:00:00Z".parse::<Timestamp>().unwrap()
+    );
+}
+
 /// Observed life of one key across a simulation.
 #[derive(Default, Debug)]
 struct Life {
-    published: Option<DateTime<Utc>>,
-    signing_from: Option<DateTime<Utc>>,
-    signing_until: Option<DateTime<Utc>>,
-    unpublished: Option<DateTime<Utc>>,
+    published: Option<Timestamp>,
+    signing_from: Option<Timestamp>,
+    signing_until: Option<Timestamp>,
+    unpublished: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug)]
@@ -323,7 +393,7 @@ proptest! {
         let mut world = World::new(timing(r, p, l));
         let mut lives: BTreeMap<String, Life> = BTreeMap::new();
         // The largest L + P in force from each key's retirement on.
-        let mut retention: BTreeMap<String, Duration> = BTreeMap::new();
+        let mut retention: BTreeMap<String, SignedDuration> = BTreeMap::new();
         let mut revoked = BTreeSet::new();
         let mut now = t0();
         let mut next = world.reconcile(now);
@@ -356,7 +426,7 @@ proptest! {
             prop_assert!(published.contains(&active));
             prop_assert_eq!(&published[0], &active, "jwks.json lists the signing key first");
 
-            let l_plus_p = world.timing.max_token_lifetime.as_chrono() + world.timing.propagation_delay.as_chrono();
+            let l_plus_p = world.timing.max_token_lifetime.as_signed() + world.timing.propagation_delay.as_signed();
             for kid in &published {
                 let life = lives.entry(kid.clone()).or_default();
                 life.published.get_or_insert(now);
@@ -370,10 +440,10 @@ proptest! {
                 if *kid == active {
                     if life.signing_from.is_none() {
                         // I1
-                        let published_for = now - life.published.unwrap();
+                        let published_for = now.duration_since(life.published.unwrap());
                         if !world.signs_now.contains(kid) {
                             prop_assert!(
-                                published_for >= world.timing.propagation_delay.as_chrono(),
+                                published_for >= world.timing.propagation_delay.as_signed(),
                                 "{kid} signs after being published for only {published_for}"
                             );
                         }
@@ -387,7 +457,7 @@ proptest! {
                     life.unpublished = Some(now);
                     if let (Some(until), false) = (life.signing_until, revoked.contains(kid)) {
                         // I2
-                        let kept = now - until;
+                        let kept = now.duration_since(until);
                         prop_assert!(
                             kept >= retention[kid],
                             "{kid} removed {kept} after it stopped signing, less than L + P = {}",

@@ -1,6 +1,6 @@
 //! Rebuilding the key state from a tampered, emptied, garbled or rolled-back `state.json`.
 
-use chrono::{Duration, TimeZone};
+use jiff::SignedDuration;
 
 use super::*;
 use crate::{
@@ -18,8 +18,8 @@ fn timing() -> Timing {
     }
 }
 
-fn now() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
+fn now() -> Timestamp {
+    "2026-06-01T12:00:00Z".parse().unwrap()
 }
 
 fn pairs(n: usize) -> Vec<KeyPair> {
@@ -34,7 +34,7 @@ fn record(
     retired: Option<i64>,
     remove_after: Option<i64>,
 ) -> KeyRecord {
-    let at = |s: i64| now() + Duration::seconds(s);
+    let at = |s: i64| now() + SignedDuration::from_secs(s);
     KeyRecord {
         jwk: pair.jwk.clone(),
         published_at: at(-300),
@@ -184,15 +184,38 @@ fn a_record_whose_modulus_was_altered_is_rebuilt_from_the_private_key() {
 fn instants_in_the_future_are_clamped_to_now() {
     let scene = Scene::new();
     let mut state = scene.state.clone();
-    state.keys[1].published_at = now() + Duration::days(300);
-    state.keys[0].activated_at = Some(now() + Duration::days(300));
-    state.keys[2].retired_at = Some(now() + Duration::days(300));
+    state.keys[1].published_at = now() + SignedDuration::from_hours(300 * 24);
+    state.keys[0].activated_at = Some(now() + SignedDuration::from_hours(300 * 24));
+    state.keys[2].retired_at = Some(now() + SignedDuration::from_hours(300 * 24));
     let rebuilt = scene.rebuild(&serde_json::to_string(&state).unwrap());
     for key in &rebuilt.keys.keys {
         assert!(key.published_at <= now());
         assert!(key.activated_at.is_none_or(|t| t <= now()));
         assert!(key.retired_at.is_none_or(|t| t <= now()));
     }
+}
+
+#[test]
+fn instants_at_the_ends_of_the_range_do_not_overflow() {
+    let scene = Scene::new();
+    let mut state = scene.state.clone();
+    state.rotation_requested_at = Some(Timestamp::MAX);
+    state.keys[1].published_at = Timestamp::MIN;
+    state.keys[2].remove_after = Some(Timestamp::MAX);
+    state.keys[3].published_at = Timestamp::MIN;
+    state.keys[3].activated_at = Some(Timestamp::MIN);
+    state.revoked.insert("gone".into());
+    state.revoked_at.insert("gone".into(), Timestamp::MAX);
+    let rebuilt = scene.rebuild(&serde_json::to_string(&state).unwrap());
+    assert_eq!(rebuilt.keys.rotation_requested_at, Some(Timestamp::MAX));
+    assert!(rebuilt.keys.revoked.contains("gone"));
+    let plan = schedule::plan(&timing(), &rebuilt.keys, now());
+    assert_eq!(
+        plan.keys.active().map(|k| k.kid()),
+        Some(scene.pairs[0].kid())
+    );
+    schedule::next_rotation(&timing(), &plan.keys);
+    schedule::key_statuses(&timing(), &plan.keys);
 }
 
 #[test]
@@ -270,7 +293,7 @@ fn without_a_state_the_status_gives_the_schedule_back() {
     let retired = find(&rebuilt.keys, &scene.pairs[2]);
     assert_eq!(
         retired.remove_after,
-        Some(Utc.with_ymd_and_hms(2026, 6, 2, 0, 0, 0).unwrap()),
+        Some("2026-06-02T00:00:00Z".parse().unwrap()),
         "the removal the status promised is kept"
     );
     assert!(
@@ -297,14 +320,14 @@ fn the_revoked_list_is_bounded_and_forgets_kids_that_can_no_longer_appear() {
         state.revoked.insert(kid.clone());
         state
             .revoked_at
-            .insert(kid, now() - retention - Duration::seconds(1));
+            .insert(kid, now() - retention - SignedDuration::from_secs(1));
     }
     for i in 0..70 {
         let kid = format!("recent-{i}");
         state.revoked.insert(kid.clone());
         state
             .revoked_at
-            .insert(kid, now() - Duration::milliseconds(i));
+            .insert(kid, now() - SignedDuration::from_millis(i));
     }
     let rebuilt = scene.rebuild(&serde_json::to_string(&state).unwrap());
     let revoked = &rebuilt.keys.revoked;
