@@ -892,7 +892,7 @@ async fn storm(b: &Bench<'_>, operator: &mut Supervised) {
             counts.writes as f64 / n as f64,
             "",
             format!(
-                "{} reads per key; writes: {}",
+                "minimum 4: Secret, ConfigMap, finalizer, status; {} reads per key; writes: {}",
                 show(counts.reads as f64 / n as f64),
                 describe(&writes)
             ),
@@ -1544,6 +1544,20 @@ async fn fanout(b: &Bench<'_>, bystander: &OperatorProcess, namespaces: &mut Vec
             None,
         );
     }
+    let pid = operator.pid().expect("the fan-out operator runs");
+    b.report.figure(
+        format!(
+            "fan-out operator peak RSS ({} namespaces watched)",
+            watched.len()
+        ),
+        status_mib(pid, "VmHWM"),
+        "MiB",
+        format!(
+            "{} threads",
+            show(status_field(pid, "Threads").unwrap_or(f64::NAN))
+        ),
+        None,
+    );
     drop(operator);
     release_keys(client, &source).await;
 }
