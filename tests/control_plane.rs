@@ -149,6 +149,62 @@ async fn service_account_without_role_binding_is_refused_secrets() {
 }
 
 #[tokio::test]
+async fn audit_log_records_what_a_service_account_asked_and_nothing_of_the_admin() {
+    let Some(audit) = common::AuditLog::open() else {
+        eprintln!("skipped: this control plane keeps no audit log");
+        return;
+    };
+    with_temp_ns("cp-audit", |ns| async move {
+        let sa_client = service_account_client(&ns, "audited").await;
+        let user = format!("system:serviceaccount:{}:audited", ns.name);
+        let from = std::time::SystemTime::now();
+        let secrets: Api<Secret> = Api::namespaced(sa_client, &ns.name);
+        let _ = secrets.list(&ListParams::default()).await;
+        let _ = secrets.get("anything").await;
+        let _ = secrets
+            .create(&PostParams::default(), &Secret::default())
+            .await;
+        // The admin's requests are not recorded.
+        let admin: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
+        let _ = admin.list(&ListParams::default()).await;
+        let to = std::time::SystemTime::now();
+
+        let requests = wait_for("three audited requests", Duration::from_secs(10), || {
+            let requests = audit.requests(&user, from, to);
+            async move { (requests.len() >= 3).then_some(requests) }
+        })
+        .await;
+        assert_eq!(
+            common::Counts::of(&requests),
+            common::Counts {
+                reads: 2,
+                watches: 0,
+                writes: 1,
+                other: 0
+            },
+            "{requests:#?}"
+        );
+        for request in &requests {
+            assert_eq!(request.target(), "secrets");
+            assert_eq!(request.namespace, ns.name);
+            assert!(request.received <= request.completed);
+        }
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.verb == "get" && r.name == "anything"),
+            "{requests:#?}"
+        );
+        assert!(
+            requests.iter().all(|r| r.code == Some(403)),
+            "refused by RBAC: {requests:#?}"
+        );
+        assert!(audit.requests("admin", from, to).is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn token_from_token_request_authenticates_as_its_service_account() {
     with_temp_ns("cp-token", |ns| async move {
         let sa_client = service_account_client(&ns, "reviewer").await;

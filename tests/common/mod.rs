@@ -6,10 +6,12 @@
 //! [`with_temp_ns`] runs a test body in its own namespace, dumps that namespace when the body panics,
 //! and deletes it afterwards. [`OperatorProcess`] runs the operator binary as the product runs: with a
 //! token of the chart's ServiceAccount and only the RBAC the chart renders for the namespaces it
-//! watches. Waiting is always [`wait_for`]: a condition polled against a deadline.
+//! watches. Waiting is always [`wait_for`]: a condition polled against a deadline. [`AuditLog`] reads
+//! what the operator asked of the API server, as the server recorded it ([`audit_log_path`]).
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+mod audit;
 mod crd;
 mod identity;
 mod namespace;
@@ -28,6 +30,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
+pub use audit::{AuditLog, Counts, Request, RequestKind, audit_log_path, breakdown};
 pub use crd::{TEST_MANAGER, apply_crd, install_crd};
 pub use identity::{ChartIdentity, Scope};
 pub use namespace::{TestNamespace, with_temp_ns};

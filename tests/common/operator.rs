@@ -129,6 +129,15 @@ impl OperatorProcess {
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
+    /// The user the API server sees: `system:serviceaccount:<namespace>:<service account>` (the
+    /// `user.username` of its requests in the audit log).
+    pub fn username(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.identity.service_account
+        )
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
