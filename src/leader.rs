@@ -221,41 +221,86 @@ impl LeaderElector {
         self.patch(&version, &spec).await.map(|_| true)
     }
 
-    /// Renews the Lease until the process ends. Exits the process (status 1) when the Lease is lost
-    /// or was not renewed within the renew deadline, so that this replica restarts as a standby.
-    pub fn keep_renewing(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(self.retry_period).await;
-                if !self.fence.may_write() {
+    /// Renews the Lease every retry period until the process ends, on a thread of its own with its
+    /// own runtime and API client: a storm of reconciles and key generations on the main runtime
+    /// must not delay a renewal past the renew deadline. When a renewal is missing at the deadline,
+    /// or the Lease went to another replica, the process exits.
+    pub fn keep_renewing(self: Arc<Self>) {
+        let spawned = std::thread::Builder::new()
+            .name("lease-renewal".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        error!(error = %e, "cannot start the Lease renewal runtime; exiting");
+                        std::process::exit(1);
+                    }
+                };
+                runtime.block_on(async move {
+                    let elector = match Client::try_default().await {
+                        Ok(client) => LeaderElector {
+                            api: Api::namespaced(
+                                client,
+                                self.api.namespace().unwrap_or("default"),
+                            ),
+                            name: self.name.clone(),
+                            identity: self.identity.clone(),
+                            duration: self.duration,
+                            retry_period: self.retry_period,
+                            fence: self.fence.clone(),
+                        },
+                        Err(e) => {
+                            warn!(error = %e, "no separate API client for the Lease renewal; sharing the main one");
+                            LeaderElector {
+                                api: self.api.clone(),
+                                name: self.name.clone(),
+                                identity: self.identity.clone(),
+                                duration: self.duration,
+                                retry_period: self.retry_period,
+                                fence: self.fence.clone(),
+                            }
+                        }
+                    };
+                    elector.renew_until_lost().await
+                })
+            });
+        if let Err(e) = spawned {
+            error!(error = %e, "cannot start the Lease renewal thread; exiting");
+            std::process::exit(1);
+        }
+    }
+
+    async fn renew_until_lost(&self) {
+        loop {
+            tokio::time::sleep(self.retry_period).await;
+            if !self.fence.may_write() {
+                error!(
+                    lease = self.name,
+                    "the Lease was not renewed within the renew deadline; exiting so that another \
+                     replica takes over"
+                );
+                std::process::exit(1);
+            }
+            let started = Instant::now();
+            match tokio::time::timeout(self.retry_period.max(Duration::from_secs(1)), self.renew())
+                .await
+            {
+                Ok(Ok(true)) => self.fence.renewed_at(started),
+                Ok(Ok(false)) => {
+                    self.fence.close();
                     error!(
                         lease = self.name,
-                        "the Lease was not renewed within the renew deadline; exiting so that another \
-                         replica takes over"
+                        "lost the Lease to another replica; exiting"
                     );
                     std::process::exit(1);
                 }
-                let started = Instant::now();
-                match tokio::time::timeout(
-                    self.retry_period.max(Duration::from_secs(1)),
-                    self.renew(),
-                )
-                .await
-                {
-                    Ok(Ok(true)) => self.fence.renewed_at(started),
-                    Ok(Ok(false)) => {
-                        self.fence.close();
-                        error!(
-                            lease = self.name,
-                            "lost the Lease to another replica; exiting"
-                        );
-                        std::process::exit(1);
-                    }
-                    Ok(Err(e)) => warn!(error = %e, lease = self.name, "renewing the Lease failed"),
-                    Err(_) => warn!(lease = self.name, "renewing the Lease timed out"),
-                }
+                Ok(Err(e)) => warn!(error = %e, lease = self.name, "renewing the Lease failed"),
+                Err(_) => warn!(lease = self.name, "renewing the Lease timed out"),
             }
-        })
+        }
     }
 
     /// Stops writing and hands the Lease back, so that a standby takes over at once.

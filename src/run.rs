@@ -103,7 +103,7 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
         None => None,
     };
 
-    let (namespaces, namespace_changes) = watch_namespaces(client.clone());
+    let (namespaces, namespace_changes) = watch_namespaces(client.clone(), scope.clone());
     // Publication targets come from this store: an empty store before the first list would look
     // like "no namespace matches" and withdraw every copy.
     namespaces
@@ -298,7 +298,13 @@ fn hostname() -> String {
 /// A store of Namespaces for label selection, and a broadcast of "namespace labels changed".
 fn watch_namespaces(
     client: Client,
+    scope: Option<Vec<String>>,
 ) -> (Store<PartialObjectMeta<Namespace>>, broadcast::Sender<()>) {
+    let in_scope = move |ns: &PartialObjectMeta<Namespace>| {
+        scope
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|n| *n == ns.name_any()))
+    };
     let (reader, writer) = reflector::store();
     let (changes, _) = broadcast::channel(64);
     let sender = changes.clone();
@@ -325,7 +331,7 @@ fn watch_namespaces(
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(watcher::Event::Apply(ns)) => {
+                Ok(watcher::Event::Apply(ns)) if in_scope(&ns) => {
                     let now = looks(&ns);
                     if seen.insert(ns.name_any(), now.clone()).as_ref() != Some(&now) {
                         let _ = sender.send(());
@@ -334,7 +340,7 @@ fn watch_namespaces(
                 Ok(watcher::Event::InitApply(ns)) => {
                     seen.insert(ns.name_any(), looks(&ns));
                 }
-                Ok(watcher::Event::Delete(ns)) => {
+                Ok(watcher::Event::Delete(ns)) if in_scope(&ns) => {
                     seen.remove(&ns.name_any());
                     let _ = sender.send(());
                 }
@@ -522,6 +528,23 @@ async fn controller_for<S, C>(
             .collect();
         stream::iter(refs)
     });
+    // A namespace whose labels, consent or life changed concerns only the keys that publish into
+    // other namespaces.
+    let selecting_store = store.clone();
+    let namespace_changed = broadcast_stream(&namespace_changes).flat_map(move |()| {
+        let refs: Vec<ObjectRef<JwtSigningKey>> = selecting_store
+            .state()
+            .into_iter()
+            .filter(|j| {
+                j.spec
+                    .publish
+                    .as_ref()
+                    .is_some_and(|p| p.namespace_selector.is_some())
+            })
+            .map(|j| ObjectRef::from_obj(&*j))
+            .collect();
+        stream::iter(refs)
+    });
     let from_hub = broadcast_stream(&copies_hub).filter(move |r| {
         futures::future::ready(
             own_scope
@@ -567,7 +590,7 @@ async fn controller_for<S, C>(
         })
         .reconcile_on(from_hub)
         .reconcile_on(freed_names)
-        .reconcile_all_on(broadcast_stream(&namespace_changes))
+        .reconcile_on(namespace_changed)
         .shutdown_on_signal()
         .run(controller::reconcile, controller::error_policy, context)
         .for_each(|result| async move {
