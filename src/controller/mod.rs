@@ -399,13 +399,19 @@ fn publication_order(keys: &KeySet, keep: Option<&str>) -> Vec<Jwk> {
 }
 
 /// Moves the instants the plan stamped at `planned` to `returned`, when the Secret write that made
-/// them true returned. Returns whether anything moved.
+/// them true returned. Only a retirement needs it (a retired key's retention counts from the moment
+/// it stopped signing); an activation alone keeps its planned instant, which only shifts the next
+/// rotation by the write's latency, and costs no second Secret write. Returns whether anything
+/// moved.
 fn restamp(
     keys: &mut KeySet,
     planned: Timestamp,
     returned: Timestamp,
     retention: SignedDuration,
 ) -> bool {
+    if !keys.keys.iter().any(|k| k.retired_at == Some(planned)) {
+        return false;
+    }
     let mut moved = false;
     for key in keys.keys.iter_mut() {
         if key.retired_at == Some(planned) {
