@@ -16,7 +16,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, PartialObjectMeta},
+    api::{ListParams, PartialObjectMeta, PartialObjectMetaExt},
     runtime::{
         Controller, WatchStreamExt,
         events::{Recorder, Reporter},
@@ -150,15 +150,21 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
     let controllers: Vec<_> = streams
         .into_iter()
         .map(|(namespace, secret_streams, config_map_streams)| {
-            drain_managed(secret_streams.managed, secrets.clone());
-            drain_managed(config_map_streams.managed, config_maps.clone());
             controller_for(
                 client.clone(),
                 namespace,
                 context.clone(),
                 Triggers {
-                    secrets: secret_streams.meta,
-                    config_maps: config_map_streams.meta,
+                    secrets: merged_triggers(
+                        secret_streams.meta,
+                        secret_streams.managed,
+                        secrets.clone(),
+                    ),
+                    config_maps: merged_triggers(
+                        config_map_streams.meta,
+                        config_map_streams.managed,
+                        config_maps.clone(),
+                    ),
                     copies_hub: copies_hub.clone(),
                     names_hub: names_hub.clone(),
                     namespace_changes: namespace_changes.clone(),
@@ -401,9 +407,15 @@ fn broadcast_stream<T: Clone + Send + 'static>(
     })
 }
 
-/// Drains a stream of the operator's whole objects (which fills their store) and tells the cache
-/// which of its own writes the watch has shown.
-fn drain_managed<K, S>(stream: S, cache: Arc<Cached<K>>)
+/// One trigger stream from the two watches of a kind: every object's metadata, and the operator's
+/// whole objects (which fill their store, and tell the cache which of its own writes the watch has
+/// shown). Both trigger: a reconcile that the metadata watch started before the managed store saw
+/// the same change (a deleted ConfigMap, say) is followed by one that sees it.
+fn merged_triggers<K, M, F>(
+    meta: M,
+    managed: F,
+    cache: Arc<Cached<K>>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -414,17 +426,16 @@ where
         + 'static,
     PartialObjectMeta<K>:
         kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-    S: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    M: futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
+    F: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 {
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(object) => cache.observed(&object),
-                Err(e) => warn!(error = %e, "watch of the operator's objects failed; retrying"),
-            }
-        }
+    let managed = managed.map(move |event| {
+        event.map(|object| {
+            cache.observed(&object);
+            object.meta().clone().into_response_partial::<K>()
+        })
     });
+    stream::select(meta, managed)
 }
 
 /// What makes a controller reconcile besides its JwtSigningKeys.

@@ -34,7 +34,6 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
-use serde::Deserialize;
 use serde_json::json;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -447,8 +446,9 @@ async fn chart_runs_two_replicas_as_pods_and_the_leader_hands_over() {
 fn example_deployment(file: &str, env: &[(&str, &str)]) -> Deployment {
     let path = common::repo_root().join("examples/services").join(file);
     let yaml = std::fs::read_to_string(&path).expect("reading the example manifest");
-    let mut deployment: Deployment = serde_yaml::Deserializer::from_str(&yaml)
-        .map(|doc| serde_json::Value::deserialize(doc).expect("valid YAML"))
+    let mut deployment: Deployment = serde_saphyr::from_multiple::<serde_json::Value>(&yaml)
+        .expect("valid YAML")
+        .into_iter()
         .find(|doc| doc["kind"] == "Deployment")
         .map(|doc| serde_json::from_value(doc).expect("a valid Deployment"))
         .expect("the manifest has a Deployment");

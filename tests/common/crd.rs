@@ -17,7 +17,7 @@ pub async fn install_crd(client: &Client) {
     let path = super::repo_root().join("crds/jwtsigningkeys.yaml");
     let yaml = std::fs::read_to_string(&path)
         .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap_or_else(|err| {
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(&yaml).unwrap_or_else(|err| {
         panic!(
             "parsing {} as a CustomResourceDefinition: {err}",
             path.display()

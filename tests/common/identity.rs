@@ -193,8 +193,9 @@ fn render(release: &str, scope: &Scope) -> Vec<Value> {
         "helm template {release} ({values:?}) failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_yaml::Deserializer::from_str(&stdout)
-        .map(|doc| Value::deserialize(doc).expect("helm renders valid YAML"))
+    serde_saphyr::from_multiple::<Value>(&stdout)
+        .expect("helm renders valid YAML")
+        .into_iter()
         .filter(|doc| {
             IDENTITY_KINDS
                 .iter()
@@ -307,7 +308,7 @@ fn token_kubeconfig(user: &str, token: &str, namespace: &str) -> String {
         .find(|c| c.name == context.cluster)
         .and_then(|c| c.cluster.clone())
         .expect("the context's cluster");
-    serde_yaml::to_string(&json!({
+    serde_saphyr::to_string(&json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "test", "cluster": cluster}],

@@ -199,7 +199,7 @@ pub async fn dump_namespace(client: &Client, ns: &str) -> String {
         Ok(list) => {
             for mut key in list {
                 key.metadata.managed_fields = None;
-                let yaml = serde_yaml::to_string(&key).unwrap_or_else(|err| err.to_string());
+                let yaml = serde_saphyr::to_string(&key).unwrap_or_else(|err| err.to_string());
                 let _ = writeln!(out, "JwtSigningKey {}:\n{yaml}", key.name_any());
             }
         }
