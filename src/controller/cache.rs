@@ -4,7 +4,9 @@
 //! - the metadata of every object (names, labels, owners: no data), which also triggers the
 //!   reconciles, so that a conflicting object of another owner is seen without reading its data;
 //! - the whole objects that carry the operator's `app.kubernetes.io/managed-by` label (its Secrets,
-//!   its ConfigMaps and their copies), which a reconcile reads instead of GET and LIST.
+//!   its ConfigMaps and their copies), which a reconcile reads instead of GET and LIST, and which
+//!   trigger reconciles too: the two watches are separate streams, and a reconcile that one of them
+//!   started must be followed by one that sees what the other delivered.
 //!
 //! A reconcile may run before the watch has delivered the operator's own last write. Each write's
 //! result is therefore kept in an overlay until the watch brings that `resourceVersion` (or for at
