@@ -36,6 +36,8 @@ use tracing::{error, info, warn};
 pub struct Fence {
     renewed: Mutex<Option<Instant>>,
     deadline: Duration,
+    /// Set when the process hands the Lease back: renewals stop without ending the process first.
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl Fence {
@@ -44,6 +46,7 @@ impl Fence {
         Fence {
             renewed: Mutex::new(None),
             deadline,
+            released: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -57,11 +60,26 @@ impl Fence {
 
     fn renewed_at(&self, started: Instant) {
         let mut renewed = self.renewed.lock().expect("fence lock");
+        // A renewal that returns after the release does not open the fence again.
+        if self.released() {
+            return;
+        }
         *renewed = Some(renewed.map_or(started, |at| at.max(started)));
     }
 
     fn close(&self) {
         *self.renewed.lock().expect("fence lock") = None;
+    }
+
+    fn release(&self) {
+        let mut renewed = self.renewed.lock().expect("fence lock");
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        *renewed = None;
+    }
+
+    fn released(&self) -> bool {
+        self.released.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -276,6 +294,11 @@ impl LeaderElector {
     async fn renew_until_lost(&self) {
         loop {
             tokio::time::sleep(self.retry_period).await;
+            // Handing the Lease back (SIGTERM) closes the fence on purpose; the release ends the
+            // process once the Lease is free.
+            if self.fence.released() {
+                return;
+            }
             if !self.fence.may_write() {
                 error!(
                     lease = self.name,
@@ -288,7 +311,9 @@ impl LeaderElector {
             match tokio::time::timeout(self.retry_period.max(Duration::from_secs(1)), self.renew())
                 .await
             {
+                Ok(Ok(true)) if self.fence.released() => return,
                 Ok(Ok(true)) => self.fence.renewed_at(started),
+                Ok(Ok(false)) if self.fence.released() => return,
                 Ok(Ok(false)) => {
                     self.fence.close();
                     error!(
@@ -305,7 +330,7 @@ impl LeaderElector {
 
     /// Stops writing and hands the Lease back, so that a standby takes over at once.
     pub async fn release(&self) {
-        self.fence.close();
+        self.fence.release();
         let result = async {
             let Some(lease) = self.api.get_opt(&self.name).await? else {
                 return Ok(());
