@@ -117,8 +117,8 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
     };
     // Reads come from caches of the operator's Secrets and ConfigMaps (whole) and of every other
     // Secret and ConfigMap (metadata only), one set of watches per scope.
-    let mut secrets = Cached::<Secret>::new();
-    let mut config_maps = Cached::<ConfigMap>::new();
+    let mut secrets = Cached::<Secret>::default();
+    let mut config_maps = Cached::<ConfigMap>::default();
     let mut streams = Vec::new();
     for namespace in &scopes {
         let secret_streams = secrets.watch(&client, namespace.as_deref());
@@ -438,6 +438,25 @@ where
     stream::select(meta, managed)
 }
 
+/// The keys that publish into other namespaces (a `namespaceSelector`) and match `also`.
+fn publishing_keys(
+    store: &Store<JwtSigningKey>,
+    also: impl Fn(&JwtSigningKey) -> bool,
+) -> Vec<ObjectRef<JwtSigningKey>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|j| {
+            j.spec
+                .publish
+                .as_ref()
+                .is_some_and(|p| p.namespace_selector.is_some())
+                && also(j)
+        })
+        .map(|j| ObjectRef::from_obj(&*j))
+        .collect()
+}
+
 /// What makes a controller reconcile besides its JwtSigningKeys.
 struct Triggers<S, C> {
     /// Metadata of every Secret in scope.
@@ -492,14 +511,8 @@ async fn controller_for<S, C>(
     let keys = reflector::reflector(
         writer,
         keys_synced.track(
-            watcher(jsk_api, watcher::Config::default().any_semantic()).modify(
-                |jsk: &mut JwtSigningKey| {
-                    jsk.metadata.managed_fields = None;
-                    if let Some(a) = jsk.metadata.annotations.as_mut() {
-                        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-                    }
-                },
-            ),
+            watcher(jsk_api, watcher::Config::default().any_semantic())
+                .modify(|jsk: &mut JwtSigningKey| controller::strip_bookkeeping(&mut jsk.metadata)),
         ),
     )
     .backoff(WatchBackoff::default())
@@ -525,37 +538,15 @@ async fn controller_for<S, C>(
     let names = names_hub.clone();
     let names_store = store.clone();
     let freed_names = broadcast_stream(&names_hub).flat_map(move |name| {
-        let refs: Vec<ObjectRef<JwtSigningKey>> = names_store
-            .state()
-            .into_iter()
-            .filter(|j| {
-                j.config_map_name() == name
-                    && j.spec
-                        .publish
-                        .as_ref()
-                        .is_some_and(|p| p.namespace_selector.is_some())
-            })
-            .map(|j| ObjectRef::from_obj(&*j))
-            .collect();
-        stream::iter(refs)
+        stream::iter(publishing_keys(&names_store, |j| {
+            j.config_map_name() == name
+        }))
     });
     // A namespace whose labels, consent or life changed concerns only the keys that publish into
     // other namespaces.
     let selecting_store = store.clone();
-    let namespace_changed = broadcast_stream(&namespace_changes).flat_map(move |()| {
-        let refs: Vec<ObjectRef<JwtSigningKey>> = selecting_store
-            .state()
-            .into_iter()
-            .filter(|j| {
-                j.spec
-                    .publish
-                    .as_ref()
-                    .is_some_and(|p| p.namespace_selector.is_some())
-            })
-            .map(|j| ObjectRef::from_obj(&*j))
-            .collect();
-        stream::iter(refs)
-    });
+    let namespace_changed = broadcast_stream(&namespace_changes)
+        .flat_map(move |()| stream::iter(publishing_keys(&selecting_store, |_| true)));
     let from_hub = broadcast_stream(&copies_hub).filter(move |r| {
         futures::future::ready(
             own_scope

@@ -149,16 +149,6 @@ where
         + 'static,
     PartialObjectMeta<K>: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
 {
-    /// An empty cache; [`Cached::watch`] adds a scope.
-    pub fn new() -> Cached<K> {
-        Cached {
-            meta: BTreeMap::new(),
-            managed: BTreeMap::new(),
-            overlay: Mutex::new(HashMap::new()),
-            synced: Synced::default(),
-        }
-    }
-
     /// Adds the stores of one scope and returns the streams that fill them. `None` is every
     /// namespace.
     pub fn watch(
@@ -367,17 +357,16 @@ where
 
 impl<K> Default for Cached<K>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-    PartialObjectMeta<K>: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+    K: Resource<DynamicType = ()> + Clone + 'static,
 {
+    /// An empty cache; [`Cached::watch`] adds a scope.
     fn default() -> Self {
-        Cached::new()
+        Cached {
+            meta: BTreeMap::new(),
+            managed: BTreeMap::new(),
+            overlay: Mutex::new(HashMap::new()),
+            synced: Synced::default(),
+        }
     }
 }
 
@@ -388,6 +377,14 @@ where
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
+    }
+}
+
+/// What no cached object needs: `managedFields` and kubectl's copy of the last applied object.
+pub fn strip_bookkeeping(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }
 

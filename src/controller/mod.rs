@@ -39,7 +39,7 @@ use kube::{
 };
 use tracing::{debug, info, instrument, warn};
 
-pub use cache::{Cached, Synced, strip_namespace};
+pub use cache::{Cached, Synced, strip_bookkeeping, strip_namespace};
 pub use observe::{Inputs, Rebuilt, rebuild};
 pub use publish::published_jwks;
 
