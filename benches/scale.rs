@@ -10,7 +10,8 @@
 //! 5. writes per rotation for a sample of keys (audit log, by resource);
 //! 6. fan-out: one key published into M namespaces by a second operator watching them; time until
 //!    every copy holds a new key, and every copy held it at least P before the Secret switched;
-//! 7. restart: SIGKILL and start again; time until the watches are synced, and the writes it makes
+//! 7. restart, once after SIGTERM (a rolling update) and once after SIGKILL (a crash): time until
+//!    the watches are synced, the RSS, and the writes it makes
 //!    for keys already in sync.
 //!
 //! `cargo bench --bench scale`: N = 1000 keys, M = 1000 namespaces (JKO_SCALE_KEYS and
@@ -35,6 +36,7 @@ use std::{
 use common::{AuditLog, Counts, OperatorProcess, Request, RequestKind, TestNamespace};
 use futures::{StreamExt, stream};
 use jwt_key_operator::{
+    controller::SERIES_WINDOW,
     crd::{ACCEPT_FROM_ANNOTATION, Algorithm, JwtSigningKey, ROTATE_ANNOTATION},
     keys::KeyPair,
     resources,
@@ -78,9 +80,12 @@ const QUICK_WRITES_PER_ROTATION: f64 = 8.0;
 const QUICK_FANOUT_CREATE_SECS: f64 = 30.0;
 /// Fan-out: seconds from the rotate request until the new kid is in all M copies.
 const QUICK_FANOUT_ROTATE_SECS: f64 = 30.0;
-/// Restart: seconds from spawn until the watches are synced: the Lease of the killed process runs
-/// out first (LEASE_SECONDS), then at most 10 s.
-const QUICK_RESTART_SYNC_SECS: f64 = LEASE_SECONDS as f64 + 10.0;
+/// Restart after SIGTERM (a rolling update: the old process hands the Lease back): seconds from
+/// spawn until the watches are synced.
+const QUICK_RESTART_SYNC_SECS: f64 = 10.0;
+/// Restart after SIGKILL (a crash): the Lease of the killed process runs out first
+/// (LEASE_SECONDS), then at most 10 s.
+const QUICK_CRASH_RESTART_SYNC_SECS: f64 = LEASE_SECONDS as f64 + 10.0;
 /// Exits of the operator (it exits on purpose when its Lease renewals miss the renew deadline).
 const QUICK_STORM_EXITS: f64 = 0.0;
 /// Restart: writes (the Lease's excepted) for keys that are in sync.
@@ -135,7 +140,12 @@ impl Scale {
             keys: env("JKO_SCALE_KEYS", if full { 1000 } else { 100 }).max(1),
             namespaces: env("JKO_SCALE_NAMESPACES", if full { 1000 } else { 50 }).max(1),
             keygen_runs: if full { 30 } else { 10 },
-            idle: Duration::from_secs(if full { 120 } else { 30 }),
+            // Full: long enough for the event recorder to forget the storm's events.
+            idle: if full {
+                SERIES_WINDOW + Duration::from_secs(40)
+            } else {
+                Duration::from_secs(30)
+            },
             rotations: if full { 20 } else { 5 },
         }
     }
@@ -993,6 +1003,19 @@ async fn idle(b: &Bench<'_>, operator: &OperatorProcess) {
         ),
         Some(QUICK_IDLE_LEASE_REQUESTS_PER_HOUR),
     );
+    if let Some(pid) = operator.pid() {
+        b.report.figure(
+            "RSS after idle (VmRSS)",
+            status_mib(pid, "VmRSS"),
+            "MiB",
+            if w > SERIES_WINDOW {
+                "steady: the storm's events are forgotten (event series window passed)"
+            } else {
+                "the storm's events are still held (within the event series window)"
+            },
+            None,
+        );
+    }
 }
 
 /// Phase 5.
@@ -1564,9 +1587,25 @@ async fn fanout(b: &Bench<'_>, bystander: &OperatorProcess, namespaces: &mut Vec
 }
 
 /// Phase 7.
-async fn restart(b: &Bench<'_>, operator: &mut Supervised) {
+/// How phase 7 stops the operator before starting it again.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    /// SIGTERM, as a rolling update: the Lease is handed back.
+    Term,
+    /// SIGKILL, as a crash: the new process waits for the old Lease to run out.
+    Kill,
+}
+
+/// Phase 7.
+async fn restart(b: &Bench<'_>, operator: &mut Supervised, stop: Stop) {
     b.report.phase(&format!(
-        "7. restart: SIGKILL and start again with {} keys in sync",
+        "7{}. restart: {} and start again with {} keys in sync",
+        if stop == Stop::Term { 'a' } else { 'b' },
+        if stop == Stop::Term {
+            "SIGTERM (rolling update)"
+        } else {
+            "SIGKILL (crash)"
+        },
         b.keys
     ));
     settle(operator, Duration::from_secs(2), Duration::from_secs(60)).await;
@@ -1575,7 +1614,10 @@ async fn restart(b: &Bench<'_>, operator: &mut Supervised) {
     let reconciled = count_in_log(operator, "reconciled");
     let spawned_wall = SystemTime::now();
     let spawned = Instant::now();
-    operator.process.restart();
+    match stop {
+        Stop::Term => operator.process.restart_gracefully(),
+        Stop::Kill => operator.process.restart(),
+    }
     wait_log(
         operator,
         "serving /metrics",
@@ -1612,7 +1654,10 @@ async fn restart(b: &Bench<'_>, operator: &mut Supervised) {
         "spawn → became leader",
         secs(leader_at),
         "s",
-        format!("the killed process's Lease ({LEASE_SECONDS} s) runs out first"),
+        match stop {
+            Stop::Term => "the stopped process handed the Lease back".to_string(),
+            Stop::Kill => format!("the killed process's Lease ({LEASE_SECONDS} s) runs out first"),
+        },
         None,
     );
     b.report.figure(
@@ -1624,7 +1669,10 @@ async fn restart(b: &Bench<'_>, operator: &mut Supervised) {
         } else {
             "never seen: the operator does not set the gauge".into()
         },
-        Some(QUICK_RESTART_SYNC_SECS),
+        Some(match stop {
+            Stop::Term => QUICK_RESTART_SYNC_SECS,
+            Stop::Kill => QUICK_CRASH_RESTART_SYNC_SECS,
+        }),
     );
     b.report.figure(
         format!("spawn → all {} keys reconciled", b.keys),
@@ -1640,6 +1688,19 @@ async fn restart(b: &Bench<'_>, operator: &mut Supervised) {
     let ready = synced_at.or(all_reconciled_at).unwrap_or(spawned.elapsed());
     let window = ready + RESTART_WINDOW;
     tokio::time::sleep(window.saturating_sub(spawned.elapsed())).await;
+    if let Some(pid) = operator.process.pid() {
+        b.report.figure(
+            "RSS after the restart (VmRSS)",
+            status_mib(pid, "VmRSS"),
+            "MiB",
+            format!(
+                "{} s after sync; peak {:.1} MiB",
+                RESTART_WINDOW.as_secs(),
+                status_mib(pid, "VmHWM")
+            ),
+            None,
+        );
+    }
     let requests = requests_of(audit, operator, spawned_wall, spawned_wall + window).await;
     let (lease, other): (Vec<&Request>, Vec<&Request>) = requests.iter().partition(|r| is_lease(r));
     let counts = Counts::of(other.iter().copied());
@@ -1740,7 +1801,8 @@ async fn main() {
         fanout(&bench, &operator, &mut fanout_namespaces).await;
         operator.tick();
         let exits = operator.exits.len();
-        restart(&bench, &mut operator).await;
+        restart(&bench, &mut operator, Stop::Term).await;
+        restart(&bench, &mut operator, Stop::Kill).await;
         report_ref.figure(
             "operator exits over phases 2-6",
             exits as f64,

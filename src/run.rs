@@ -19,7 +19,7 @@ use kube::{
     api::{ListParams, PartialObjectMeta, PartialObjectMetaExt},
     runtime::{
         Controller, WatchStreamExt,
-        events::{Recorder, Reporter},
+        events::Reporter,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -128,7 +128,7 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
     let (secrets, config_maps) = (Arc::new(secrets), Arc::new(config_maps));
     let context = Arc::new(Context::new(
         client.clone(),
-        Recorder::new(
+        controller::Events::new(
             client.clone(),
             Reporter {
                 controller: "jwt-key-operator".into(),
@@ -182,6 +182,20 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
             keys_synced.wait_for(scope_count).await;
             info!("all watches synced");
             metrics.watches_synced();
+        });
+    }
+    // Housekeeping of an idle process: what only a next event or a next watch event would free.
+    {
+        let context = context.clone();
+        tokio::spawn(async move {
+            let mut window = tokio::time::interval(controller::SERIES_WINDOW);
+            window.tick().await;
+            loop {
+                window.tick().await;
+                context.events.renew();
+                context.secrets.prune();
+                context.config_maps.prune();
+            }
         });
     }
     futures::future::join_all(controllers).await;
@@ -407,10 +421,11 @@ fn broadcast_stream<T: Clone + Send + 'static>(
     })
 }
 
-/// One trigger stream from the two watches of a kind: every object's metadata, and the operator's
-/// whole objects (which fill their store, and tell the cache which of its own writes the watch has
-/// shown). Both trigger: a reconcile that the metadata watch started before the managed store saw
-/// the same change (a deleted ConfigMap, say) is followed by one that sees it.
+/// One trigger stream from the two watches of a kind: the metadata of the objects without the
+/// operator's label, and the operator's whole objects (which fill their store, and tell the cache
+/// which of its own writes the watch has shown). Both trigger: an object that loses or gains the
+/// label leaves one watch and joins the other, and a reconcile that one of them started is
+/// followed by one that sees what the other delivered.
 fn merged_triggers<K, M, F>(
     meta: M,
     managed: F,
@@ -459,9 +474,9 @@ fn publishing_keys(
 
 /// What makes a controller reconcile besides its JwtSigningKeys.
 struct Triggers<S, C> {
-    /// Metadata of every Secret in scope.
+    /// Every Secret in scope (as metadata).
     secrets: S,
-    /// Metadata of every ConfigMap in scope.
+    /// Every ConfigMap in scope (as metadata).
     config_maps: C,
     copies_hub: broadcast::Sender<ObjectRef<JwtSigningKey>>,
     names_hub: broadcast::Sender<String>,

@@ -1,12 +1,14 @@
 //! What a reconcile reads, served from watch caches instead of GETs and cluster-wide LISTs.
 //!
 //! For Secrets and ConfigMaps the operator keeps two stores per watched scope, as cert-manager does:
-//! - the metadata of every object (names, labels, owners: no data), which also triggers the
-//!   reconciles, so that a conflicting object of another owner is seen without reading its data;
 //! - the whole objects that carry the operator's `app.kubernetes.io/managed-by` label (its Secrets,
-//!   its ConfigMaps and their copies), which a reconcile reads instead of GET and LIST, and which
-//!   trigger reconciles too: the two watches are separate streams, and a reconcile that one of them
-//!   started must be followed by one that sees what the other delivered.
+//!   its ConfigMaps and their copies), which a reconcile reads instead of GET and LIST;
+//! - the metadata (names, labels, owners: no data) of every other object, so that a conflicting
+//!   object of another owner is seen without reading its data.
+//!
+//! Each object is in one store only, and an object that gains or loses the label moves from one to
+//! the other. Both watches trigger reconciles: they are separate streams, and a reconcile that one
+//! of them started must be followed by one that sees what the other delivered.
 //!
 //! A reconcile may run before the watch has delivered the operator's own last write. Each write's
 //! result is therefore kept in an overlay until the watch brings that `resourceVersion` (or for at
@@ -113,7 +115,7 @@ pub struct Cached<K>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    /// Scope (namespace, or "" for all namespaces) -> metadata of every object.
+    /// Scope (namespace, or "" for all namespaces) -> metadata of the objects without the label.
     meta: BTreeMap<String, Store<PartialObjectMeta<K>>>,
     /// Scope -> whole objects labelled as the operator's.
     managed: BTreeMap<String, Store<K>>,
@@ -124,7 +126,7 @@ where
 /// The watch streams of one scope that fill a [`Cached`]: the metadata stream (which triggers
 /// reconciles) and the managed-objects stream (which only fills its store).
 pub struct Streams<M, F> {
-    /// Metadata of every object; must be polled by the controller.
+    /// Metadata of every object without the label; must be polled by the controller.
     pub meta: M,
     /// Whole managed objects; must be polled (a background task does).
     pub managed: F,
@@ -166,8 +168,11 @@ where
         let meta = reflector::reflector(
             meta_writer,
             self.synced.track(
-                watcher::watcher(meta_api, watcher::Config::default())
-                    .modify(|m: &mut PartialObjectMeta<K>| keep_ownership_only(&mut m.metadata)),
+                watcher::watcher(
+                    meta_api,
+                    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}")),
+                )
+                .modify(|m: &mut PartialObjectMeta<K>| keep_ownership_only(&mut m.metadata)),
             ),
         )
         .backoff(WatchBackoff::default())
@@ -221,6 +226,15 @@ where
             overlay.remove(&key);
         }
         overlay.retain(|_, w| w.fresh());
+    }
+
+    /// Forgets the writes older than [`OVERLAY_TTL`] (which reads no longer prefer), so that an
+    /// idle operator does not keep the last writes of a busy period.
+    pub fn prune(&self) {
+        self.overlay
+            .lock()
+            .expect("cache overlay lock")
+            .retain(|_, w| w.fresh());
     }
 
     /// Records what a write returned (unless the watch has shown it already).

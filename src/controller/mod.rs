@@ -32,7 +32,7 @@ use kube::{
     api::PartialObjectMeta,
     runtime::{
         controller::Action,
-        events::{EventType, Recorder},
+        events::EventType,
         finalizer::{Event as Finalizer, finalizer},
         reflector::Store,
     },
@@ -42,6 +42,7 @@ use tracing::{debug, info, instrument, warn};
 pub use cache::{Cached, Synced, strip_bookkeeping, strip_namespace};
 pub use observe::{Inputs, Rebuilt, rebuild};
 pub use publish::published_jwks;
+pub use report::{Events, SERIES_WINDOW};
 
 use crate::{
     crd::{
@@ -179,8 +180,8 @@ struct Retry {
 pub struct Context {
     /// API client.
     pub client: Client,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Event publisher.
+    pub events: report::Events,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Namespaces (for `publish.namespaceSelector`).
@@ -206,7 +207,7 @@ impl Context {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
-        recorder: Recorder,
+        events: report::Events,
         metrics: Arc<Metrics>,
         namespaces: Store<PartialObjectMeta<Namespace>>,
         secrets: Arc<Cached<Secret>>,
@@ -218,7 +219,7 @@ impl Context {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Context {
             client,
-            recorder,
+            events,
             metrics,
             namespaces,
             secrets,

@@ -1,11 +1,13 @@
 //! Report: the status (written with server-side apply, only when it changed), the `Ready`
 //! condition, and events (published when state changes, never with key material).
 
+use std::{sync::Mutex, time::Duration};
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType},
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::json;
 use tracing::warn;
@@ -16,6 +18,43 @@ use crate::{
     schedule::{self, KeySet},
     time::rfc3339_secs,
 };
+
+/// How long kube's [`Recorder`] counts repeats of an event into one series (its cache TTL).
+pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+
+/// Publishes events through kube's [`Recorder`], which counts repeats of an event into a series.
+/// The Recorder keeps every event it published for [`SERIES_WINDOW`] and forgets old ones only
+/// when it publishes the next: after a thousand new keys, their few thousand events would stay in
+/// memory until the next event, however late. [`Events::renew`], called every window, starts a
+/// fresh Recorder instead; a repeat after that starts a new event rather than a series.
+pub struct Events {
+    client: Client,
+    reporter: Reporter,
+    current: Mutex<Recorder>,
+}
+
+impl Events {
+    /// Events reported as `reporter`.
+    pub fn new(client: Client, reporter: Reporter) -> Events {
+        let recorder = Recorder::new(client.clone(), reporter.clone());
+        Events {
+            client,
+            reporter,
+            current: Mutex::new(recorder),
+        }
+    }
+
+    fn recorder(&self) -> Recorder {
+        self.current.lock().expect("event recorder lock").clone()
+    }
+
+    /// Forgets the events published so far: a repeat starts a new event. Called every
+    /// [`SERIES_WINDOW`].
+    pub fn renew(&self) {
+        *self.current.lock().expect("event recorder lock") =
+            Recorder::new(self.client.clone(), self.reporter.clone());
+    }
+}
 
 /// The `Ready` condition's status, reason and message.
 pub struct Readiness {
@@ -47,7 +86,8 @@ impl Reconciliation<'_> {
         };
         if let Err(e) = self
             .ctx
-            .recorder
+            .events
+            .recorder()
             .publish(&event, &self.jsk.object_ref(&()))
             .await
         {

@@ -116,6 +116,26 @@ impl OperatorProcess {
         }
     }
 
+    /// Stops the process as a rolling update does (SIGTERM, then waits for it to exit).
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+            if let Ok(mut log) = OpenOptions::new().append(true).open(&self.log_path) {
+                let _ = writeln!(log, "----- terminated");
+            }
+        }
+    }
+
+    /// Stops the process with SIGTERM and starts it again with the same arguments, as a rolling
+    /// update replaces a pod; the log continues.
+    pub fn restart_gracefully(&mut self) {
+        self.terminate();
+        self.spawn();
+    }
+
     /// Kills the process if it runs and starts it again with the same arguments; the log continues.
     pub fn restart(&mut self) {
         self.kill();
