@@ -193,7 +193,15 @@ fn render(release: &str, scope: &Scope) -> Vec<Value> {
         "helm template {release} ({values:?}) failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_saphyr::from_multiple::<Value>(&stdout)
+    // One Role and RoleBinding per watched namespace: a thousand namespaces exceed serde-saphyr's
+    // default budget of 1024 documents.
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 100_000,
+            max_nodes: 50_000_000,
+        },
+    };
+    serde_saphyr::from_multiple_with_options::<Value>(&stdout, options)
         .expect("helm renders valid YAML")
         .into_iter()
         .filter(|doc| {

@@ -200,10 +200,14 @@ impl Drop for OperatorProcess {
 }
 
 /// A log line reporting that the API server refused the operator's ServiceAccount: an RBAC denial
-/// (`... is forbidden: User "system:serviceaccount:..." cannot ...`), or the owner-reference check.
+/// (`... is forbidden: User "system:serviceaccount:..." cannot ...`), or the owner-reference check
+/// for lack of the `finalizers` right. Not a refusal: the same check failing with "cannot find
+/// RESTMapping", which only says that the API server's admission has not discovered a CRD
+/// installed a moment before (the operator retries, and the next write passes).
 fn is_refusal(line: &str) -> bool {
     (line.contains("forbidden") && line.contains("system:serviceaccount:"))
-        || line.contains("cannot set blockOwnerDeletion")
+        || (line.contains("cannot set blockOwnerDeletion")
+            && !line.contains("cannot find RESTMapping"))
 }
 
 /// What the chart must grant for `jwt-key-operator` arguments `args`: the watched namespaces, and the
