@@ -648,11 +648,24 @@ fn describe(requests: &[&Request]) -> String {
     if counts.is_empty() {
         return "none".into();
     }
-    counts
+    let mut text = counts
         .iter()
         .map(|(what, count)| format!("{count}× {what}"))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    // Refused requests are counted above too: a write refused with 409 Conflict was sent.
+    let mut refused: BTreeMap<u16, usize> = BTreeMap::new();
+    for code in requests.iter().filter_map(|r| r.code).filter(|c| *c >= 400) {
+        *refused.entry(code).or_default() += 1;
+    }
+    if !refused.is_empty() {
+        let codes: Vec<String> = refused
+            .iter()
+            .map(|(code, count)| format!("{count}× {code}"))
+            .collect();
+        text.push_str(&format!("; answered with an error: {}", codes.join(", ")));
+    }
+    text
 }
 
 // ----- The phases -----
