@@ -308,12 +308,15 @@ impl LeaderElector {
                 std::process::exit(1);
             }
             let started = Instant::now();
-            match tokio::time::timeout(self.retry_period.max(Duration::from_secs(1)), self.renew())
-                .await
-            {
-                Ok(Ok(true)) if self.fence.released() => return,
+            let renewal =
+                tokio::time::timeout(self.retry_period.max(Duration::from_secs(1)), self.renew())
+                    .await;
+            // A renewal that returns after the release neither counts nor ends the process.
+            if self.fence.released() {
+                return;
+            }
+            match renewal {
                 Ok(Ok(true)) => self.fence.renewed_at(started),
-                Ok(Ok(false)) if self.fence.released() => return,
                 Ok(Ok(false)) => {
                     self.fence.close();
                     error!(

@@ -184,12 +184,7 @@ where
                     managed_api,
                     watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
                 )
-                .modify(|o: &mut K| {
-                    o.meta_mut().managed_fields = None;
-                    if let Some(a) = o.meta_mut().annotations.as_mut() {
-                        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-                    }
-                }),
+                .modify(|o: &mut K| strip_bookkeeping(o.meta_mut())),
             ),
         )
         .backoff(WatchBackoff::default())
@@ -225,16 +220,13 @@ where
         {
             overlay.remove(&key);
         }
-        overlay.retain(|_, w| w.fresh());
+        drop_stale(&mut overlay);
     }
 
     /// Forgets the writes older than [`OVERLAY_TTL`] (which reads no longer prefer), so that an
     /// idle operator does not keep the last writes of a busy period.
     pub fn prune(&self) {
-        self.overlay
-            .lock()
-            .expect("cache overlay lock")
-            .retain(|_, w| w.fresh());
+        drop_stale(&mut self.overlay.lock().expect("cache overlay lock"));
     }
 
     /// Records what a write returned (unless the watch has shown it already).
@@ -402,19 +394,29 @@ pub fn strip_bookkeeping(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::
     }
 }
 
-/// What the metadata stores keep: names, labels, owners and the owner annotation of copies.
-fn keep_ownership_only(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+/// Drops `managedFields` and every annotation but `kept`.
+fn keep_one_annotation(
+    meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    kept: &str,
+) {
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k == OWNER_UID_ANNOTATION);
+        annotations.retain(|k, _| k == kept);
     }
+}
+
+/// What the metadata stores keep: names, labels, owners and the owner annotation of copies.
+fn keep_ownership_only(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    keep_one_annotation(meta, OWNER_UID_ANNOTATION);
 }
 
 /// Namespaces as publication needs them: names, labels, the consent annotation and whether they
 /// are terminating.
 pub fn strip_namespace(ns: &mut PartialObjectMeta<Namespace>) {
-    ns.metadata.managed_fields = None;
-    if let Some(annotations) = ns.metadata.annotations.as_mut() {
-        annotations.retain(|k, _| k == crate::crd::ACCEPT_FROM_ANNOTATION);
-    }
+    keep_one_annotation(&mut ns.metadata, crate::crd::ACCEPT_FROM_ANNOTATION);
+}
+
+/// Removes from the overlay the writes that reads no longer prefer.
+fn drop_stale<K>(overlay: &mut HashMap<Key, Written<K>>) {
+    overlay.retain(|_, w| w.fresh());
 }

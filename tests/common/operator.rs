@@ -110,9 +110,14 @@ impl OperatorProcess {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
-            if let Ok(mut log) = OpenOptions::new().append(true).open(&self.log_path) {
-                let _ = writeln!(log, "----- killed");
-            }
+            self.mark_log("killed");
+        }
+    }
+
+    /// Appends a line to the log that separates one process's output from the next one's.
+    fn mark_log(&self, what: &str) {
+        if let Ok(mut log) = OpenOptions::new().append(true).open(&self.log_path) {
+            let _ = writeln!(log, "----- {what}");
         }
     }
 
@@ -123,9 +128,7 @@ impl OperatorProcess {
                 .args(["-TERM", &child.id().to_string()])
                 .status();
             let _ = child.wait();
-            if let Ok(mut log) = OpenOptions::new().append(true).open(&self.log_path) {
-                let _ = writeln!(log, "----- terminated");
-            }
+            self.mark_log("terminated");
         }
     }
 
