@@ -237,24 +237,41 @@ pub fn is_in_sync(observed: &ObjectMeta, desired: &ObjectMeta) -> bool {
         && owners
 }
 
-/// A JSON merge patch that removes the data keys of a stored object that the operator does not
-/// write (another field manager added them), guarded by its `resourceVersion`; `None` when there
-/// are none.
-pub fn extra_data_removal<'a>(
-    stored_keys: impl Iterator<Item = &'a String>,
-    wanted: impl Fn(&str) -> bool,
-    resource_version: Option<String>,
-) -> Option<serde_json::Value> {
-    let extra: serde_json::Map<String, serde_json::Value> = stored_keys
-        .filter(|k| !wanted(k))
-        .map(|k| (k.clone(), serde_json::Value::Null))
+/// The JSON merge patch that turns a stored Secret or ConfigMap into `desired`, in one write guarded
+/// by the stored `resourceVersion`: every desired data entry, `null` for each stored entry the
+/// operator does not write (whoever added it), the desired labels and annotations (others' stay),
+/// and the desired ownerReferences next to the ones of other owners.
+///
+/// A merge patch rather than server-side apply: entries written by the create (an `Update` for
+/// the API server's field ownership) would outlive an apply that drops them and need a second
+/// write to go.
+pub fn update_patch<V: Serialize>(
+    stored: &ObjectMeta,
+    stored_keys: impl Iterator<Item = impl AsRef<str>>,
+    desired: &ObjectMeta,
+    desired_data: &BTreeMap<String, V>,
+) -> serde_json::Value {
+    let mut data: serde_json::Map<String, serde_json::Value> = stored_keys
+        .filter(|k| !desired_data.contains_key(k.as_ref()))
+        .map(|k| (k.as_ref().to_string(), serde_json::Value::Null))
         .collect();
-    (!extra.is_empty()).then(|| {
-        serde_json::json!({
-            "metadata": {"resourceVersion": resource_version},
-            "data": extra,
-        })
-    })
+    for (key, value) in desired_data {
+        data.insert(key.clone(), serde_json::json!(value));
+    }
+    let mut metadata = serde_json::json!({
+        "resourceVersion": stored.resource_version,
+        "labels": desired.labels,
+        "annotations": desired.annotations,
+    });
+    if let Some(ours) = &desired.owner_references {
+        let theirs = stored
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|have| ours.iter().all(|want| want.uid != have.uid));
+        metadata["ownerReferences"] = serde_json::json!(theirs.chain(ours).collect::<Vec<_>>());
+    }
+    serde_json::json!({"metadata": metadata, "data": data})
 }
 
 /// Whether a stored Secret or ConfigMap data map equals the desired one (extra keys count as drift).
@@ -349,5 +366,52 @@ mod tests {
         let mut foreign = copy.clone();
         foreign.metadata.annotations = None;
         assert!(!is_owned_by(&foreign.metadata, &jsk));
+    }
+
+    #[test]
+    fn an_update_patch_writes_every_entry_removes_the_others_and_keeps_other_owners() {
+        let jsk = jsk();
+        let desired = config_map(
+            &jsk,
+            &config_map_data_of(&[]).expect("an empty JWK set"),
+            None,
+        );
+        let mut stored = desired.clone();
+        stored.metadata.resource_version = Some("42".into());
+        let other_owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "someone".into(),
+            uid: "uid-other".into(),
+            ..OwnerReference::default()
+        };
+        stored
+            .metadata
+            .owner_references
+            .get_or_insert_with(Vec::new)
+            .push(other_owner);
+        let mut stored_data = desired.data.clone().unwrap_or_default();
+        stored_data.insert("injected.pem".into(), "x".into());
+
+        let patch = update_patch(
+            &stored.metadata,
+            stored_data.keys(),
+            &desired.metadata,
+            desired.data.as_ref().unwrap(),
+        );
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(patch["data"]["injected.pem"], serde_json::Value::Null);
+        assert_eq!(
+            patch["data"]["jwks.json"],
+            desired.data.as_ref().unwrap()["jwks.json"].as_str()
+        );
+        let owners: Vec<&str> = patch["metadata"]["ownerReferences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["uid"].as_str().unwrap())
+            .collect();
+        assert_eq!(owners, ["uid-other", "uid-1"]);
+        assert_eq!(patch["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
     }
 }

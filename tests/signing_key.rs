@@ -106,8 +106,12 @@ async fn a_new_key_gets_its_secret_config_map_status_and_events() {
         assert_eq!(status.keys.len(), 1);
         assert_eq!(status.keys[0].kid, kid);
         assert!(status.next_rotation_time.is_some() && status.last_rotation_time.is_some());
+        // One event for the first key: generated, published, signing.
         let (_, _, message) = wait_event(&ns, "KeyCreated").await;
-        assert!(message.contains(&kid));
+        assert!(
+            message.contains(&kid) && message.contains("signs at once"),
+            "{message}"
+        );
 
         // I4: no private material outside the Secret: not the PEM, not any line of its base64 body.
         let status_json = serde_json::to_string(&key.status).unwrap();
@@ -199,7 +203,8 @@ async fn hand_edits_to_the_secret_and_config_map_are_undone_and_a_deleted_config
         })
         .await;
 
-        // The Secret too: a changed entry and a removed label are put back, the signing key stays.
+        // The Secret too: a changed entry and a removed label are put back, an added entry goes,
+        // the signing key stays.
         let secret_before = secret_text(&ns.client, &ns.name, "auth-signing-key")
             .await
             .unwrap();
@@ -209,7 +214,7 @@ async fn hand_edits_to_the_secret_and_config_map_are_undone_and_a_deleted_config
                 &PatchParams::default(),
                 &Patch::Merge(json!({
                     "metadata": {"labels": {"jwtkeys.dev/signing-key": null}},
-                    "data": {"kid": "dGFtcGVyZWQ="},
+                    "data": {"kid": "dGFtcGVyZWQ=", "injected": "dGFtcGVyZWQ="},
                 })),
             )
             .await

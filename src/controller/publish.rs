@@ -279,12 +279,13 @@ impl Reconciliation<'_> {
     }
 
     /// Creates the ConfigMap when missing (a 409 means someone else took the name meanwhile), or
-    /// applies it with a `resourceVersion` precondition; removes data keys someone else added.
+    /// patches it with a `resourceVersion` precondition, in one write that also removes data
+    /// entries someone else added.
     /// Skips the write when the stored object already matches.
     async fn write_config_map(
         &self,
         current: Option<&ConfigMap>,
-        mut desired: ConfigMap,
+        desired: ConfigMap,
     ) -> super::Result<ConfigMap> {
         let namespace = desired.namespace().unwrap_or_default();
         let name = desired.name_any();
@@ -313,30 +314,25 @@ impl Reconciliation<'_> {
             info!(namespace, name, "created ConfigMap");
             return Ok(created);
         };
-        desired.metadata.resource_version = current.resource_version();
-        let mut written = api
+        let patch = resources::update_patch(
+            &current.metadata,
+            current.data.iter().flatten().map(|(k, _)| k),
+            &desired.metadata,
+            &desired.data.unwrap_or_default(),
+        );
+        let written = api
             .patch(
                 &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&desired),
+                &PatchParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(patch),
             )
             .await
             .map_err(err)?;
         self.ctx.metrics.api_write("configmap");
         info!(namespace, name, "wrote ConfigMap");
-        let want = desired.data.unwrap_or_default();
-        if let Some(patch) = resources::extra_data_removal(
-            written.data.iter().flatten().map(|(k, _)| k),
-            |k| want.contains_key(k),
-            written.resource_version(),
-        ) {
-            self.ctx.check_fence()?;
-            written = api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-                .map_err(err)?;
-            self.ctx.metrics.api_write("configmap");
-        }
         self.ctx.config_maps.wrote(&written);
         Ok(written)
     }

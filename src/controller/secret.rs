@@ -1,12 +1,12 @@
 //! Switch the Secret: the only object that decides which key signs. Every write carries the
 //! `resourceVersion` this reconcile read (a missing Secret is created, and a 409 means another
-//! writer got there first), so a stale writer gets a conflict instead of overwriting; data keys
-//! another field manager added are removed, so only the operator's entries remain.
+//! writer got there first), so a stale writer gets a conflict instead of overwriting; data entries
+//! anyone else added are removed by the same write, so only the operator's entries remain.
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, ResourceExt,
+    Api,
     api::{Patch, PatchParams, PostParams},
 };
 use tracing::info;
@@ -64,7 +64,7 @@ impl SecretWriter {
     pub async fn write(
         &mut self,
         run: &Reconciliation<'_>,
-        mut desired: Secret,
+        desired: Secret,
     ) -> Result<Option<Timestamp>> {
         if let Some(current) = &self.current
             && resources::secret_data_matches(current, &desired)
@@ -74,7 +74,7 @@ impl SecretWriter {
         }
         run.ctx.check_fence()?;
         let err = |e| Error::ApplySecret(self.name.clone(), e);
-        let mut written = match &self.current {
+        let written = match &self.current {
             None => {
                 let created = self
                     .api
@@ -91,13 +91,21 @@ impl SecretWriter {
                 created
             }
             Some(current) => {
-                desired.metadata.resource_version = current.resource_version();
+                let patch = resources::update_patch(
+                    &current.metadata,
+                    current.data.iter().flatten().map(|(k, _)| k),
+                    &desired.metadata,
+                    &desired.data.unwrap_or_default(),
+                );
                 let written = self
                     .api
                     .patch(
                         &self.name,
-                        &PatchParams::apply(MANAGER).force(),
-                        &Patch::Apply(&desired),
+                        &PatchParams {
+                            field_manager: Some(MANAGER.into()),
+                            ..PatchParams::default()
+                        },
+                        &Patch::Merge(patch),
                     )
                     .await
                     .map_err(err)?;
@@ -106,20 +114,6 @@ impl SecretWriter {
             }
         };
         run.ctx.metrics.api_write("secret");
-        let want = desired.data.unwrap_or_default();
-        if let Some(patch) = resources::extra_data_removal(
-            written.data.iter().flatten().map(|(k, _)| k),
-            |k| want.contains_key(k),
-            written.resource_version(),
-        ) {
-            run.ctx.check_fence()?;
-            written = self
-                .api
-                .patch(&self.name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-                .map_err(err)?;
-            run.ctx.metrics.api_write("secret");
-        }
         run.ctx.secrets.wrote(&written);
         self.current = Some(written);
         self.written = true;
