@@ -523,16 +523,15 @@ async fn controller_for<S, C>(
         None => Api::all(client.clone()),
     };
     let (store, writer) = reflector::store();
-    let keys = reflector::reflector(
-        writer,
-        keys_synced.track(
+    let keys = keys_synced
+        .track(reflector::reflector(
+            writer,
             watcher(jsk_api, watcher::Config::default().any_semantic())
                 .modify(|jsk: &mut JwtSigningKey| controller::strip_bookkeeping(&mut jsk.metadata)),
-        ),
-    )
-    .backoff(WatchBackoff::default())
-    .applied_objects()
-    .predicate_filter(reconcile_worthy, Default::default());
+        ))
+        .backoff(WatchBackoff::default())
+        .applied_objects()
+        .predicate_filter(reconcile_worthy, Default::default());
     // Errors from any watch pause every trigger of the controller: cap that pause too.
     let controller = Controller::for_stream(keys, store.clone())
         .with_config(

@@ -86,7 +86,9 @@ impl Default for Synced {
 }
 
 impl Synced {
-    /// Passes a watcher's events through; its first complete listing counts.
+    /// Passes a watcher's events through; its first complete listing counts. Wrap the reflector's
+    /// stream, not the watcher's: the store holds a listing only once the reflector has applied
+    /// its `InitDone`, and a waiter woken earlier on another thread would read an empty store.
     pub fn track<K, S>(&self, stream: S) -> impl futures::Stream<Item = S::Item> + use<K, S>
     where
         S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
@@ -165,30 +167,31 @@ where
         let (managed_store, managed_writer) = reflector::store();
         let meta_api: Api<PartialObjectMeta<K>> = scoped(client, namespace);
         let managed_api: Api<K> = scoped(client, namespace);
-        let meta = reflector::reflector(
-            meta_writer,
-            self.synced.track(
+        // Tracked after the reflector: a listing counts once its objects are in the store.
+        let meta = self
+            .synced
+            .track(reflector::reflector(
+                meta_writer,
                 watcher::watcher(
                     meta_api,
                     watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}")),
                 )
                 .modify(|m: &mut PartialObjectMeta<K>| keep_ownership_only(&mut m.metadata)),
-            ),
-        )
-        .backoff(WatchBackoff::default())
-        .touched_objects();
-        let managed = reflector::reflector(
-            managed_writer,
-            self.synced.track(
+            ))
+            .backoff(WatchBackoff::default())
+            .touched_objects();
+        let managed = self
+            .synced
+            .track(reflector::reflector(
+                managed_writer,
                 watcher::watcher(
                     managed_api,
                     watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
                 )
                 .modify(|o: &mut K| strip_bookkeeping(o.meta_mut())),
-            ),
-        )
-        .backoff(WatchBackoff::default())
-        .touched_objects();
+            ))
+            .backoff(WatchBackoff::default())
+            .touched_objects();
         self.meta.insert(scope_key(namespace), meta_store);
         self.managed.insert(scope_key(namespace), managed_store);
         Streams { meta, managed }
