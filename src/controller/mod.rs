@@ -572,6 +572,8 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
             .pending
             .clone()
             .filter(|p| private.contains_key(&p.jwk.kid));
+        // A key generated and published in the same reconcile gets one event, not two.
+        let mut created_note = None;
         let pending = match reuse {
             Some(pending) => pending,
             None => {
@@ -580,6 +582,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
                     jwk: pair.jwk.clone(),
                     generated_at: Timestamp::now(),
                 };
+                created_note = Some(notes.len());
                 notes.push((
                     EventType::Normal,
                     "KeyCreated",
@@ -618,19 +621,18 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
             .unwrap_or_else(Timestamp::now);
         keys.pending = None;
         keys.add_published(pending.jwk.clone(), published_at, role);
-        notes.push((
-            EventType::Normal,
-            "KeyPublished",
-            match role {
-                NewKey::SignsNow => {
-                    format!("Key {} is published and signs at once", pending.jwk.kid)
-                }
-                NewKey::Next => format!(
-                    "Key {} is published in every ConfigMap; it signs after propagationDelay",
-                    pending.jwk.kid
-                ),
-            },
-        ));
+        let published = match role {
+            NewKey::SignsNow => "is published and signs at once",
+            NewKey::Next => "is published in every ConfigMap; it signs after propagationDelay",
+        };
+        match created_note {
+            Some(i) => notes[i].2.push_str(&format!("; it {published}")),
+            None => notes.push((
+                EventType::Normal,
+                "KeyPublished",
+                format!("Key {} {published}", pending.jwk.kid),
+            )),
+        }
     }
 
     // Every target holds every key before the Secret changes; the next key counts as published

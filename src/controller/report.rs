@@ -166,7 +166,7 @@ impl Reconciliation<'_> {
 
     pub(super) async fn write_status(
         &self,
-        new: JwtSigningKeyStatus,
+        mut new: JwtSigningKeyStatus,
         old: &JwtSigningKeyStatus,
     ) -> Result<()> {
         if new == *old {
@@ -180,6 +180,9 @@ impl Reconciliation<'_> {
             .await
             .map_err(Error::GetStatus)?
             .status;
+        if let Some(stored) = &stored {
+            keep_transition_times(&mut new, stored);
+        }
         if stored.as_ref() == Some(&new) {
             return Ok(());
         }
@@ -198,5 +201,19 @@ impl Reconciliation<'_> {
         .map_err(Error::ApplyStatus)?;
         self.ctx.metrics.api_write("status");
         Ok(())
+    }
+}
+
+/// A condition whose status the stored one already has keeps the stored transition time (the
+/// status was built against a cached object that may predate the stored one).
+fn keep_transition_times(new: &mut JwtSigningKeyStatus, stored: &JwtSigningKeyStatus) {
+    for condition in &mut new.conditions {
+        if let Some(was) = stored
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition.type_ && c.status == condition.status)
+        {
+            condition.last_transition_time = was.last_transition_time.clone();
+        }
     }
 }
