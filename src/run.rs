@@ -332,7 +332,7 @@ fn watch_namespaces(
         writer,
         watcher(
             Api::<PartialObjectMeta<Namespace>>::all(client),
-            watcher::Config::default(),
+            watch_config(),
         )
         .modify(controller::strip_namespace),
     )
@@ -372,6 +372,17 @@ fn watch_namespaces(
         }
     });
     (reader, changes)
+}
+
+/// Objects per page of a watch's initial list (and of a relist). A page is held whole while it is
+/// decoded, so its size sets the peak that a restart leaves in the heap: with 1000 keys in one
+/// namespace, the RSS 20 s after a restart was 37-38 MiB with kube's default of 500, 29-30 MiB with
+/// 100 or 50, 34-35 MiB with streaming lists. 1000 objects cost 10 list requests instead of 2.
+pub(crate) const LIST_PAGE_SIZE: u32 = 100;
+
+/// The configuration every watch of the operator starts from.
+pub(crate) fn watch_config() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE_SIZE)
 }
 
 /// Watch retry delays: from 250 ms, doubling, capped at 5 s, so that watches recover within seconds of
@@ -526,7 +537,7 @@ async fn controller_for<S, C>(
     let keys = keys_synced
         .track(reflector::reflector(
             writer,
-            watcher(jsk_api, watcher::Config::default().any_semantic())
+            watcher(jsk_api, watch_config().any_semantic())
                 .modify(|jsk: &mut JwtSigningKey| controller::strip_bookkeeping(&mut jsk.metadata)),
         ))
         .backoff(WatchBackoff::default())

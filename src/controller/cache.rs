@@ -39,7 +39,7 @@ use super::Found;
 use crate::{
     crd::JwtSigningKey,
     resources::{self, MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_ANNOTATION},
-    run::WatchBackoff,
+    run::{WatchBackoff, watch_config},
 };
 
 /// How long a written object is preferred to the cache when its watch event does not arrive (a
@@ -174,7 +174,7 @@ where
                 meta_writer,
                 watcher::watcher(
                     meta_api,
-                    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}")),
+                    watch_config().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}")),
                 )
                 .modify(|m: &mut PartialObjectMeta<K>| keep_ownership_only(&mut m.metadata)),
             ))
@@ -186,7 +186,7 @@ where
                 managed_writer,
                 watcher::watcher(
                     managed_api,
-                    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+                    watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
                 )
                 .modify(|o: &mut K| strip_bookkeeping(o.meta_mut())),
             ))
