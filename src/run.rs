@@ -12,7 +12,7 @@ use std::{
 };
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
@@ -315,11 +315,26 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "jwt-key-operator".into())
 }
 
+/// Up to this many watched namespaces are selected by name in the namespace watch's label
+/// selector; a longer scope filters a watch of every namespace.
+const NAMESPACE_SELECTOR_MAX: usize = 100;
+
 /// A store of Namespaces for label selection, and a broadcast of "namespace labels changed".
 fn watch_namespaces(
     client: Client,
     scope: Option<Vec<String>>,
 ) -> (Store<PartialObjectMeta<Namespace>>, broadcast::Sender<()>) {
+    // Namespaces outside the scope are never targets: neither the store nor the task below keeps
+    // them (1000 of them cost 3-4 MiB), and a short scope is selected by the API server itself
+    // through the name label that every namespace carries.
+    let config = match &scope {
+        Some(names) if !names.is_empty() && names.len() <= NAMESPACE_SELECTOR_MAX => watch_config()
+            .labels(&format!(
+                "kubernetes.io/metadata.name in ({})",
+                names.join(",")
+            )),
+        _ => watch_config(),
+    };
     let in_scope = move |ns: &PartialObjectMeta<Namespace>| {
         scope
             .as_ref()
@@ -330,11 +345,16 @@ fn watch_namespaces(
     let sender = changes.clone();
     let stream = reflector::reflector(
         writer,
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client),
-            watch_config(),
-        )
-        .modify(controller::strip_namespace),
+        watcher(Api::<PartialObjectMeta<Namespace>>::all(client), config)
+            .modify(controller::strip_namespace)
+            .try_filter(move |event| {
+                std::future::ready(match event {
+                    watcher::Event::Apply(ns)
+                    | watcher::Event::InitApply(ns)
+                    | watcher::Event::Delete(ns) => in_scope(ns),
+                    watcher::Event::Init | watcher::Event::InitDone => true,
+                })
+            }),
     )
     .backoff(WatchBackoff::default());
     tokio::spawn(async move {
@@ -351,7 +371,7 @@ fn watch_namespaces(
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(watcher::Event::Apply(ns)) if in_scope(&ns) => {
+                Ok(watcher::Event::Apply(ns)) => {
                     let now = looks(&ns);
                     if seen.insert(ns.name_any(), now.clone()).as_ref() != Some(&now) {
                         let _ = sender.send(());
@@ -360,7 +380,7 @@ fn watch_namespaces(
                 Ok(watcher::Event::InitApply(ns)) => {
                     seen.insert(ns.name_any(), looks(&ns));
                 }
-                Ok(watcher::Event::Delete(ns)) if in_scope(&ns) => {
+                Ok(watcher::Event::Delete(ns)) => {
                     seen.remove(&ns.name_any());
                     let _ = sender.send(());
                 }
