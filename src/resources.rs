@@ -245,19 +245,22 @@ pub fn is_in_sync(observed: &ObjectMeta, desired: &ObjectMeta) -> bool {
 /// A merge patch rather than server-side apply: entries written by the create (an `Update` for
 /// the API server's field ownership) would outlive an apply that drops them and need a second
 /// write to go.
-pub fn update_patch<V: Serialize>(
-    stored: &ObjectMeta,
-    stored_keys: impl Iterator<Item = impl AsRef<str>>,
-    desired: &ObjectMeta,
-    desired_data: &BTreeMap<String, V>,
-) -> serde_json::Value {
-    let mut data: serde_json::Map<String, serde_json::Value> = stored_keys
-        .filter(|k| !desired_data.contains_key(k.as_ref()))
-        .map(|k| (k.as_ref().to_string(), serde_json::Value::Null))
+pub fn update_patch<K: Resource + Serialize>(stored: &K, desired: &K) -> serde_json::Value {
+    let data_of = |object: &K| match serde_json::to_value(object) {
+        Ok(serde_json::Value::Object(mut fields)) => match fields.remove("data") {
+            Some(serde_json::Value::Object(data)) => data,
+            _ => serde_json::Map::new(),
+        },
+        _ => serde_json::Map::new(),
+    };
+    let desired_data = data_of(desired);
+    let mut data: serde_json::Map<String, serde_json::Value> = data_of(stored)
+        .into_iter()
+        .filter(|(k, _)| !desired_data.contains_key(k))
+        .map(|(k, _)| (k, serde_json::Value::Null))
         .collect();
-    for (key, value) in desired_data {
-        data.insert(key.clone(), serde_json::json!(value));
-    }
+    data.extend(desired_data);
+    let (stored, desired) = (stored.meta(), desired.meta());
     let mut metadata = serde_json::json!({
         "resourceVersion": stored.resource_version,
         "labels": desired.labels,
@@ -390,15 +393,12 @@ mod tests {
             .owner_references
             .get_or_insert_with(Vec::new)
             .push(other_owner);
-        let mut stored_data = desired.data.clone().unwrap_or_default();
-        stored_data.insert("injected.pem".into(), "x".into());
+        stored
+            .data
+            .get_or_insert_with(BTreeMap::new)
+            .insert("injected.pem".into(), "x".into());
 
-        let patch = update_patch(
-            &stored.metadata,
-            stored_data.keys(),
-            &desired.metadata,
-            desired.data.as_ref().unwrap(),
-        );
+        let patch = update_patch(&stored, &desired);
         assert_eq!(patch["metadata"]["resourceVersion"], "42");
         assert_eq!(patch["data"]["injected.pem"], serde_json::Value::Null);
         assert_eq!(

@@ -29,7 +29,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::PartialObjectMeta,
+    api::{PartialObjectMeta, Patch, PatchParams, PostParams},
     runtime::{
         controller::Action,
         events::EventType,
@@ -362,6 +362,36 @@ where
         Some(obj) if resources::is_owned_by(obj.meta(), jsk) => Found::Owned(obj),
         Some(_) => Found::Foreign,
     })
+}
+
+/// Writes a Secret or ConfigMap the way the operator writes them all: created when `current` is
+/// `None` (a 409 means someone else took the name meanwhile), else turned into `desired` by one
+/// merge patch with the stored `resourceVersion` as precondition ([`resources::update_patch`]).
+pub(crate) async fn create_or_update<K>(
+    api: &Api<K>,
+    current: Option<&K>,
+    desired: &K,
+) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match current {
+        None => {
+            let params = PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..PostParams::default()
+            };
+            api.create(&params, desired).await
+        }
+        Some(current) => {
+            let params = PatchParams {
+                field_manager: Some(MANAGER.into()),
+                ..PatchParams::default()
+            };
+            let patch = Patch::Merge(resources::update_patch(current, desired));
+            api.patch(&desired.name_any(), &params, &patch).await
+        }
+    }
 }
 
 pub(crate) struct Reconciliation<'a> {

@@ -8,13 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{
-    Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
-};
+use kube::{Api, ResourceExt, api::DeleteParams};
 use tracing::info;
 
-use super::{Found, MANAGER, Reconciliation};
+use super::{Found, Reconciliation};
 use crate::{keys::Jwk, resources};
 
 /// Writes in flight at once.
@@ -297,42 +294,14 @@ impl Reconciliation<'_> {
         }
         self.ctx.check_fence()?;
         let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &namespace);
-        let err = |e| super::Error::ApplyConfigMap(format!("{namespace}/{name}"), e);
-        let Some(current) = current else {
-            let created = api
-                .create(
-                    &PostParams {
-                        field_manager: Some(MANAGER.into()),
-                        ..PostParams::default()
-                    },
-                    &desired,
-                )
-                .await
-                .map_err(err)?;
-            self.ctx.metrics.api_write("configmap");
-            self.ctx.config_maps.wrote(&created);
-            info!(namespace, name, "created ConfigMap");
-            return Ok(created);
-        };
-        let patch = resources::update_patch(
-            &current.metadata,
-            current.data.iter().flatten().map(|(k, _)| k),
-            &desired.metadata,
-            &desired.data.unwrap_or_default(),
-        );
-        let written = api
-            .patch(
-                &name,
-                &PatchParams {
-                    field_manager: Some(MANAGER.into()),
-                    ..PatchParams::default()
-                },
-                &Patch::Merge(patch),
-            )
+        let written = super::create_or_update(&api, current, &desired)
             .await
-            .map_err(err)?;
+            .map_err(|e| super::Error::ApplyConfigMap(format!("{namespace}/{name}"), e))?;
         self.ctx.metrics.api_write("configmap");
-        info!(namespace, name, "wrote ConfigMap");
+        match current {
+            None => info!(namespace, name, "created ConfigMap"),
+            Some(_) => info!(namespace, name, "wrote ConfigMap"),
+        }
         self.ctx.config_maps.wrote(&written);
         Ok(written)
     }

@@ -5,13 +5,10 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    Api,
-    api::{Patch, PatchParams, PostParams},
-};
+use kube::Api;
 use tracing::info;
 
-use super::{Error, MANAGER, Reconciliation, Result};
+use super::{Error, Reconciliation, Result, create_or_update};
 use crate::resources;
 
 /// The Secret as this reconcile knows it.
@@ -73,46 +70,13 @@ impl SecretWriter {
             return Ok(None);
         }
         run.ctx.check_fence()?;
-        let err = |e| Error::ApplySecret(self.name.clone(), e);
-        let written = match &self.current {
-            None => {
-                let created = self
-                    .api
-                    .create(
-                        &PostParams {
-                            field_manager: Some(MANAGER.into()),
-                            ..PostParams::default()
-                        },
-                        &desired,
-                    )
-                    .await
-                    .map_err(err)?;
-                info!(name = self.name, "created Secret");
-                created
-            }
-            Some(current) => {
-                let patch = resources::update_patch(
-                    &current.metadata,
-                    current.data.iter().flatten().map(|(k, _)| k),
-                    &desired.metadata,
-                    &desired.data.unwrap_or_default(),
-                );
-                let written = self
-                    .api
-                    .patch(
-                        &self.name,
-                        &PatchParams {
-                            field_manager: Some(MANAGER.into()),
-                            ..PatchParams::default()
-                        },
-                        &Patch::Merge(patch),
-                    )
-                    .await
-                    .map_err(err)?;
-                info!(name = self.name, "wrote Secret");
-                written
-            }
-        };
+        let written = create_or_update(&self.api, self.current.as_ref(), &desired)
+            .await
+            .map_err(|e| Error::ApplySecret(self.name.clone(), e))?;
+        match self.current {
+            None => info!(name = self.name, "created Secret"),
+            Some(_) => info!(name = self.name, "wrote Secret"),
+        }
         run.ctx.metrics.api_write("secret");
         run.ctx.secrets.wrote(&written);
         self.current = Some(written);
