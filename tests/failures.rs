@@ -436,9 +436,10 @@ async fn deleting_the_secret_and_the_home_config_map_together_keeps_the_keys_in_
             .await
             .unwrap();
         let fresh = wait_for("a new signing key", REACT, || async {
+            // The recreated Secret holds the new key as pending (no `kid` yet) until it is published.
             let secret = secret_text(&ns.client, &ns.name, "auth-signing-key").await?;
-            (secret[jwt_key_operator::resources::KID] != kid)
-                .then(|| secret[jwt_key_operator::resources::KID].clone())
+            let fresh = secret.get(jwt_key_operator::resources::KID)?;
+            (*fresh != kid).then(|| fresh.clone())
         })
         .await;
         let home = wait_for("the home ConfigMap again", REACT, || async {
