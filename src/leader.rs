@@ -38,6 +38,9 @@ pub struct Fence {
     deadline: Duration,
     /// Set when the process hands the Lease back: renewals stop without ending the process first.
     released: std::sync::atomic::AtomicBool,
+    /// Becomes `true` when this replica first takes the Lease. A standby runs its watches before
+    /// that, and its reconciles wait for it.
+    led: tokio::sync::watch::Sender<bool>,
 }
 
 impl Fence {
@@ -47,7 +50,20 @@ impl Fence {
             renewed: Mutex::new(None),
             deadline,
             released: std::sync::atomic::AtomicBool::new(false),
+            led: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Whether this replica has taken the Lease (it may have lost it since: see [`Fence::may_write`]).
+    pub fn has_led(&self) -> bool {
+        *self.led.borrow()
+    }
+
+    /// Waits until this replica has taken the Lease.
+    pub async fn wait_led(&self) {
+        let mut led = self.led.subscribe();
+        // The sender lives as long as `self`, so the wait ends only when the Lease is taken.
+        let _ = led.wait_for(|led| *led).await;
     }
 
     /// Whether a write may start now.
@@ -65,6 +81,8 @@ impl Fence {
             return;
         }
         *renewed = Some(renewed.map_or(started, |at| at.max(started)));
+        self.led
+            .send_if_modified(|led| !std::mem::replace(led, true));
     }
 
     fn close(&self) {
@@ -364,8 +382,10 @@ mod tests {
     fn a_fence_is_closed_until_renewed_and_closes_after_the_deadline() {
         let fence = Fence::new(Duration::from_millis(50));
         assert!(!fence.may_write());
+        assert!(!fence.has_led());
         fence.renewed_at(Instant::now());
         assert!(fence.may_write());
+        assert!(fence.has_led());
         fence.renewed_at(Instant::now() - Duration::from_millis(60));
         assert!(
             fence.may_write(),
@@ -373,10 +393,34 @@ mod tests {
         );
         fence.close();
         assert!(!fence.may_write());
+        assert!(
+            fence.has_led(),
+            "a replica that led once stays past the wait"
+        );
         fence.renewed_at(Instant::now() - Duration::from_millis(60));
         assert!(
             !fence.may_write(),
             "a renewal that started past the deadline does not open it"
         );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_lease_ends_when_the_fence_first_opens() {
+        let fence = Arc::new(Fence::new(Duration::from_secs(10)));
+        let waiter = tokio::spawn({
+            let fence = fence.clone();
+            async move { fence.wait_led().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "no Lease yet");
+        fence.renewed_at(Instant::now());
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the wait ends once the Lease is taken")
+            .expect("the waiter does not panic");
+        // Once led, a wait returns at once.
+        tokio::time::timeout(Duration::from_secs(5), fence.wait_led())
+            .await
+            .expect("a replica that led does not wait again");
     }
 }

@@ -54,6 +54,7 @@ pub struct Metrics {
     published_keys: Family<KeyLabels, Gauge>,
     api_writes: Family<WriteLabels, Counter>,
     watches_synced: Gauge,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -68,6 +69,7 @@ impl Default for Metrics {
         let published_keys = Family::<KeyLabels, Gauge>::default();
         let api_writes = Family::<WriteLabels, Counter>::default();
         let watches_synced = Gauge::default();
+        let leader = Gauge::default();
         registry.register(
             "jwtkeys_rotations",
             "Signing key changes",
@@ -103,6 +105,11 @@ impl Default for Metrics {
             "1 once every watch has listed its objects and reconciles read from the caches",
             watches_synced.clone(),
         );
+        registry.register(
+            "jwtkeys_leader",
+            "1 once this replica holds the Lease (or runs without leader election) and reconciles",
+            leader.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             rotations,
@@ -112,6 +119,7 @@ impl Default for Metrics {
             published_keys,
             api_writes,
             watches_synced,
+            leader,
         }
     }
 }
@@ -135,6 +143,11 @@ impl Metrics {
     /// Marks every watch as synced.
     pub fn watches_synced(&self) {
         self.watches_synced.set(1);
+    }
+
+    /// Marks this replica as the one that reconciles.
+    pub fn leading(&self) {
+        self.leader.set(1);
     }
 
     /// Counts a signing key change.

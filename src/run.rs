@@ -93,15 +93,22 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
         true => Some(Arc::new(elector(&client, &args, scope.as_deref()))),
         false => None,
     };
-    let fence = match &elector {
+    // A standby starts its watches and fills its caches at once, as controller-runtime's do, and its
+    // reconciles wait for the Lease (see `controller::reconcile`): a replica that takes over, after a
+    // crash too, starts from synced caches instead of listing everything then.
+    let fence = elector.as_ref().map(|elector| elector.fence());
+    match &elector {
         Some(elector) => {
-            elector.acquire().await;
-            elector.clone().keep_renewing();
-            release_on_signal(elector.clone());
-            Some(elector.fence())
+            let (elector, metrics) = (elector.clone(), metrics.clone());
+            tokio::spawn(async move {
+                elector.acquire().await;
+                metrics.leading();
+                elector.clone().keep_renewing();
+                release_on_signal(elector);
+            });
         }
-        None => None,
-    };
+        None => metrics.leading(),
+    }
 
     let (namespaces, namespace_changes) = watch_namespaces(client.clone(), scope.clone());
     // Publication targets come from this store: an empty store before the first list would look

@@ -62,6 +62,22 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
             !standby.logs().contains("reconciled"),
             "the standby writes nothing"
         );
+        // The standby's caches are warm before it leads: a takeover does not start with a listing.
+        wait_for("the standby's watches to sync", REACT, || async {
+            (metric_sum(&metrics(standby).await, "jwtkeys_watches_synced", "") == 1.0).then_some(())
+        })
+        .await;
+        let standby_metrics = metrics(standby).await;
+        assert_eq!(
+            metric_sum(&standby_metrics, "jwtkeys_leader", ""),
+            0.0,
+            "the standby says it does not lead:\n{standby_metrics}"
+        );
+        assert_eq!(
+            metric_sum(&metrics(leader).await, "jwtkeys_leader", ""),
+            1.0,
+            "the leader says it leads"
+        );
 
         leader.kill();
         let killed = Instant::now();
@@ -72,6 +88,11 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
         )
         .await;
         let takeover = killed.elapsed();
+        assert_eq!(
+            metric_sum(&metrics(standby).await, "jwtkeys_leader", ""),
+            1.0,
+            "the new leader says it leads"
+        );
         eprintln!("figure: standby took over {takeover:.1?} after the leader died (lease 4s)");
         assert!(
             takeover <= Duration::from_secs(4 + 3),

@@ -299,6 +299,16 @@ impl Context {
 #[instrument(skip(jsk, ctx), fields(namespace = jsk.namespace().unwrap_or_default(), name = jsk.name_any()))]
 pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Action> {
     debug!("reconciling");
+    // A standby keeps its watches and caches warm and reconciles nothing until it takes the Lease.
+    // The object it was woken for may have changed while it waited: the controller hands it the
+    // stored one on the requeue.
+    if let Some(fence) = &ctx.fence
+        && !fence.has_led()
+    {
+        debug!("waiting for the Lease");
+        fence.wait_led().await;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
     ctx.check_fence()?;
     // Reads come from the watch caches: none is read before every cache has listed its objects.
     ctx.secrets.wait_until_ready().await;
