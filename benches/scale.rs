@@ -10,9 +10,10 @@
 //! 5. writes per rotation for a sample of keys (audit log, by resource);
 //! 6. fan-out: one key published into M namespaces by a second operator watching them; time until
 //!    every copy holds a new key, and every copy held it at least P before the Secret switched;
-//! 7. restart, once after SIGTERM (a rolling update) and once after SIGKILL (a crash): time until
-//!    the watches are synced (a standby syncs before it leads) and until it leads, the RSS, and the
-//!    writes it makes for keys already in sync.
+//! 7. restart, after SIGTERM (a rolling update), after SIGKILL with the container restarted in its
+//!    pod, and after SIGKILL with a new pod in its place: time until the watches are synced (a
+//!    standby syncs before it leads) and until it leads, the RSS, and the writes it makes for keys
+//!    already in sync.
 //!
 //! `cargo bench --bench scale`: N = 1000 keys, M = 1000 namespaces (JKO_SCALE_KEYS and
 //! JKO_SCALE_NAMESPACES override). Without `--bench` (as `cargo test --all-targets` runs it): N = 100,
@@ -87,8 +88,8 @@ const QUICK_FANOUT_ROTATE_SECS: f64 = 30.0;
 /// Restart after SIGTERM (a rolling update: the old process hands the Lease back): seconds from
 /// spawn until the watches are synced.
 const QUICK_RESTART_SYNC_SECS: f64 = 10.0;
-/// Restart after SIGKILL (a crash), spawn until the new process leads: the Lease of the killed
-/// process runs out first (LEASE_SECONDS), then at most 10 s. Its watches sync meanwhile
+/// Restart after SIGKILL (a crash) in a new pod, spawn until the new process leads: the Lease of
+/// the killed process runs out first (LEASE_SECONDS), then at most 10 s. Its watches sync meanwhile
 /// (QUICK_RESTART_SYNC_SECS).
 const QUICK_CRASH_LEADER_SECS: f64 = LEASE_SECONDS as f64 + 10.0;
 /// Exits of the operator (it exits on purpose when its Lease renewals miss the renew deadline).
@@ -112,7 +113,8 @@ const FANOUT_P_TEXT: &str = "5s";
 const SLACK: Duration = Duration::from_millis(500);
 /// Time the API server may take to write an audit event after answering.
 const AUDIT_FLUSH: Duration = Duration::from_millis(1500);
-/// Window after a restarted operator is synced in which its writes are counted.
+/// Window after a restarted operator is synced and has reconciled every key, in which its writes
+/// are counted.
 const RESTART_WINDOW: Duration = Duration::from_secs(15);
 /// Label of the fan-out namespaces, matched by the fan-out key's namespaceSelector.
 const FANOUT_LABEL: &str = "jwtkeys.dev/scale-bench";
@@ -1671,22 +1673,31 @@ async fn fanout(b: &Bench<'_>, bystander: &OperatorProcess, namespaces: &mut Vec
 enum Stop {
     /// SIGTERM, as a rolling update: the Lease is handed back.
     Term,
-    /// SIGKILL, as a crash: the new process waits for the old Lease to run out.
+    /// SIGKILL, and the container starts again in the same pod (same `POD_NAME`, the Lease holder
+    /// identity): it takes its Lease back at once.
     Kill,
+    /// SIGKILL, and another pod replaces it: the new process waits for the old Lease to run out,
+    /// with its watches synced meanwhile.
+    KillReplaced,
 }
+
+impl Stop {
+    fn phase(self) -> &'static str {
+        match self {
+            Stop::Term => "7a. restart: SIGTERM (rolling update)",
+            Stop::Kill => "7b. restart: SIGKILL (crash), the container restarted in its pod",
+            Stop::KillReplaced => "7c. restart: SIGKILL (crash), a new pod in its place",
+        }
+    }
+}
+
+/// `POD_NAME` of the storm's operator; phase 7c replaces it.
+const POD_NAME: &str = "jwt-key-operator-scale";
 
 /// Phase 7.
 async fn restart(b: &Bench<'_>, operator: &mut Supervised, stop: Stop) {
-    b.report.phase(&format!(
-        "7{}. restart: {} and start again with {} keys in sync",
-        if stop == Stop::Term { 'a' } else { 'b' },
-        if stop == Stop::Term {
-            "SIGTERM (rolling update)"
-        } else {
-            "SIGKILL (crash)"
-        },
-        b.keys
-    ));
+    b.report
+        .phase(&format!("{}, with {} keys in sync", stop.phase(), b.keys));
     settle(operator, Duration::from_secs(2), Duration::from_secs(60)).await;
     let serving = count_in_log(operator, "serving /metrics");
     let leading = count_in_log(operator, "became leader");
@@ -1696,6 +1707,12 @@ async fn restart(b: &Bench<'_>, operator: &mut Supervised, stop: Stop) {
     match stop {
         Stop::Term => operator.process.restart_gracefully(),
         Stop::Kill => operator.process.restart(),
+        Stop::KillReplaced => {
+            operator
+                .process
+                .set_pod_name(Some(&format!("{POD_NAME}-replacement")));
+            operator.process.restart();
+        }
     }
     wait_log(
         operator,
@@ -1735,11 +1752,14 @@ async fn restart(b: &Bench<'_>, operator: &mut Supervised, stop: Stop) {
         "s",
         match stop {
             Stop::Term => "the stopped process handed the Lease back".to_string(),
-            Stop::Kill => format!("the killed process's Lease ({LEASE_SECONDS} s) runs out first"),
+            Stop::Kill => "the same holder identity takes its Lease back".to_string(),
+            Stop::KillReplaced => {
+                format!("the killed process's Lease ({LEASE_SECONDS} s) runs out first")
+            }
         },
         Some(match stop {
-            Stop::Term => QUICK_RESTART_SYNC_SECS,
-            Stop::Kill => QUICK_CRASH_LEADER_SECS,
+            Stop::Term | Stop::Kill => QUICK_RESTART_SYNC_SECS,
+            Stop::KillReplaced => QUICK_CRASH_LEADER_SECS,
         }),
     );
     b.report.figure(
@@ -1779,7 +1799,7 @@ async fn restart(b: &Bench<'_>, operator: &mut Supervised, stop: Stop) {
             status_mib(pid, "VmRSS"),
             "MiB",
             format!(
-                "{} s after sync; peak {:.1} MiB",
+                "{} s after the later of sync and the reconciles; peak {:.1} MiB",
                 RESTART_WINDOW.as_secs(),
                 status_mib(pid, "VmHWM")
             ),
@@ -1799,7 +1819,7 @@ async fn restart(b: &Bench<'_>, operator: &mut Supervised, stop: Stop) {
         counts.writes as f64,
         "",
         format!(
-            "from spawn until {} s after sync ({} s): {}",
+            "from spawn until {} s after the later of sync and the reconciles ({} s): {}",
             RESTART_WINDOW.as_secs(),
             show(window.as_secs_f64()),
             describe(&writes)
@@ -1848,7 +1868,8 @@ async fn main() {
         }
         let lease_seconds = LEASE_SECONDS.to_string();
         let mut operator = Supervised::new(tokio::task::block_in_place(|| {
-            OperatorProcess::start(
+            OperatorProcess::start_in_pod(
+                POD_NAME,
                 &[&ns.name],
                 &[
                     "--leader-election=true",
@@ -1882,6 +1903,7 @@ async fn main() {
         let exits = operator.exits.len();
         restart(&bench, &mut operator, Stop::Term).await;
         restart(&bench, &mut operator, Stop::Kill).await;
+        restart(&bench, &mut operator, Stop::KillReplaced).await;
         report_ref.figure(
             "operator exits over phases 2-6",
             exits as f64,

@@ -105,6 +105,48 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
     .await;
 }
 
+#[tokio::test]
+async fn a_leader_restarted_in_its_pod_takes_its_lease_back_at_once() {
+    with_temp_ns("leader-restart", |ns| async move {
+        install_crd(&ns.client).await;
+        let lease_seconds = 6;
+        let mut leader = OperatorProcess::start_in_pod(
+            "jwt-key-operator-0",
+            &[&ns.name],
+            &[
+                "--leader-election=true",
+                "--leader-election-namespace",
+                &ns.name,
+                "--leader-election-id",
+                "jwt-key-operator-test",
+                "--lease-duration-seconds",
+                &lease_seconds.to_string(),
+            ],
+        );
+        let led = |operator: &OperatorProcess| operator.logs().matches("became leader").count();
+        wait_for("a leader", REACT, || async { (led(&leader) == 1).then_some(()) }).await;
+        let before = create_ready(&ns, &jsk("auth", json!({"propagationDelay": "2s"}))).await;
+
+        // A crash: the kubelet starts the container again in the same pod, with the same POD_NAME.
+        leader.restart();
+        let restarted = Instant::now();
+        wait_for("the restarted container to lead", REACT, || async {
+            (led(&leader) == 2).then_some(())
+        })
+        .await;
+        let took = restarted.elapsed();
+        eprintln!("figure: a leader restarted in its pod led again {took:.1?} after the crash (lease {lease_seconds}s)");
+        // Any other identity sees the record unchanged for a whole lease duration first.
+        assert!(
+            took < Duration::from_secs(lease_seconds),
+            "the same holder identity takes its Lease back before it could have run out"
+        );
+        annotate(&ns, "auth", json!({"jwtkeys.dev/rotate": "after-restart"})).await;
+        wait_new_signing_key(&ns, "auth", &before).await;
+    })
+    .await;
+}
+
 fn signal(operator: &OperatorProcess, name: &str) {
     let pid = operator.pid().expect("the replica runs");
     let status = std::process::Command::new("kill")

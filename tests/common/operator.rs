@@ -24,6 +24,9 @@ pub struct OperatorProcess {
     namespace: String,
     /// Skip the refusal check on drop (see [`OperatorProcess::tolerate_refusals`]).
     refusals_expected: bool,
+    /// `POD_NAME` of every process started (the Lease holder identity), as a container of a pod has
+    /// it through each restart; `None` leaves the operator's own default (host name and process id).
+    pod_name: Option<String>,
 }
 
 impl OperatorProcess {
@@ -41,6 +44,30 @@ impl OperatorProcess {
     /// watched namespace (`default` for neither), which is also the process's `POD_NAMESPACE`.
     /// Processes started with the same scope while one runs (replicas) share the ServiceAccount.
     pub fn start(namespaces: &[&str], extra_args: &[&str]) -> OperatorProcess {
+        Self::start_with_pod_name(None, namespaces, extra_args)
+    }
+
+    /// As [`OperatorProcess::start`], with `POD_NAME` set to `pod_name` in this process and in every
+    /// restart, as the container of one pod: the Lease holder identity survives a restart.
+    pub fn start_in_pod(
+        pod_name: &str,
+        namespaces: &[&str],
+        extra_args: &[&str],
+    ) -> OperatorProcess {
+        Self::start_with_pod_name(Some(pod_name), namespaces, extra_args)
+    }
+
+    /// Sets `POD_NAME` for the next start (`None`: the operator's default), as a pod that replaces
+    /// another.
+    pub fn set_pod_name(&mut self, pod_name: Option<&str>) {
+        self.pod_name = pod_name.map(String::from);
+    }
+
+    fn start_with_pod_name(
+        pod_name: Option<&str>,
+        namespaces: &[&str],
+        extra_args: &[&str],
+    ) -> OperatorProcess {
         let mut args = vec!["run".to_string()];
         for ns in namespaces {
             args.extend(["--watch-namespace".to_string(), ns.to_string()]);
@@ -59,6 +86,7 @@ impl OperatorProcess {
             identity,
             namespace: scope.namespace,
             refusals_expected: false,
+            pod_name: pod_name.map(String::from),
         };
         operator.spawn();
         operator
@@ -88,6 +116,9 @@ impl OperatorProcess {
             "POD_NAME",
         ] {
             command.env_remove(var);
+        }
+        if let Some(pod_name) = &self.pod_name {
+            command.env("POD_NAME", pod_name);
         }
         let child = command
             .args(&self.args)
