@@ -59,8 +59,10 @@ use serde_json::json;
 
 /// All N keys Ready within this many times the keygen floor (mean keygen CPU × N / cores): key
 /// generation is the floor, everything else (API round trips, encoding, status, the API server
-/// and etcd on the same cores) is overhead.
-const QUICK_READY_OVER_FLOOR: f64 = 3.0;
+/// and etcd on the same cores) is overhead. Measured 1.33 on a quiet control plane, 1.94 and 2.61
+/// in CI runs, where the API server and etcd are also busy with what earlier tests left (0.87 cores
+/// besides the operator's in the 2.61 run, against 0.40 on a quiet one).
+const QUICK_READY_OVER_FLOOR: f64 = 3.5;
 /// Operator CPU per key created, in keygen CPU times (phase 1's CPU, not its wall-time median,
 /// which grows with the machine's load): one generation, plus encoding and API traffic.
 const QUICK_CPU_PER_KEY_OVER_KEYGEN: f64 = 1.8;
