@@ -87,8 +87,9 @@ const QUICK_WRITES_PER_ROTATION: f64 = 8.0;
 const QUICK_FANOUT_CREATE_SECS: f64 = 30.0;
 /// Fan-out: seconds from the rotate request until the new kid is in all M copies.
 const QUICK_FANOUT_ROTATE_SECS: f64 = 30.0;
-/// Restart after SIGTERM (a rolling update: the old process hands the Lease back): seconds from
-/// spawn until the watches are synced.
+/// Every restart: seconds from spawn until the watches are synced; after SIGTERM (the old process
+/// hands the Lease back) and after SIGKILL in the same pod (the same holder identity), also until
+/// the new process leads.
 const QUICK_RESTART_SYNC_SECS: f64 = 10.0;
 /// Restart after SIGKILL (a crash) in a new pod, spawn until the new process leads: the Lease of
 /// the killed process runs out first (LEASE_SECONDS), then at most 10 s. Its watches sync meanwhile

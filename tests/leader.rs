@@ -10,19 +10,24 @@ use common::{OperatorProcess, install_crd, wait_for, with_temp_ns};
 use serde_json::json;
 use support::*;
 
+/// The flags of a replica that elects a leader through a Lease in `ns`.
+fn election_args(ns: &str, lease_seconds: u64) -> Vec<String> {
+    [
+        "--leader-election=true",
+        "--leader-election-namespace",
+        ns,
+        "--leader-election-id",
+        "jwt-key-operator-test",
+        "--lease-duration-seconds",
+        &lease_seconds.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 fn replica(ns: &str) -> OperatorProcess {
-    OperatorProcess::start(
-        &[ns],
-        &[
-            "--leader-election=true",
-            "--leader-election-namespace",
-            ns,
-            "--leader-election-id",
-            "jwt-key-operator-test",
-            "--lease-duration-seconds",
-            "4",
-        ],
-    )
+    let args = election_args(ns, 4);
+    OperatorProcess::start(&[ns], &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn leads(operator: &OperatorProcess) -> bool {
@@ -110,18 +115,11 @@ async fn a_leader_restarted_in_its_pod_takes_its_lease_back_at_once() {
     with_temp_ns("leader-restart", |ns| async move {
         install_crd(&ns.client).await;
         let lease_seconds = 6;
+        let args = election_args(&ns.name, lease_seconds);
         let mut leader = OperatorProcess::start_in_pod(
             "jwt-key-operator-0",
             &[&ns.name],
-            &[
-                "--leader-election=true",
-                "--leader-election-namespace",
-                &ns.name,
-                "--leader-election-id",
-                "jwt-key-operator-test",
-                "--lease-duration-seconds",
-                &lease_seconds.to_string(),
-            ],
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
         );
         let led = |operator: &OperatorProcess| operator.logs().matches("became leader").count();
         wait_for("a leader", REACT, || async { (led(&leader) == 1).then_some(()) }).await;
