@@ -561,12 +561,21 @@ async fn controller_for<S, C>(
         None => Api::all(client.clone()),
     };
     let (store, writer) = reflector::store();
+    let seen = context.clone();
     let keys = keys_synced
-        .track(reflector::reflector(
-            writer,
-            watcher(jsk_api, watch_config().any_semantic())
-                .modify(|jsk: &mut JwtSigningKey| controller::strip_bookkeeping(&mut jsk.metadata)),
-        ))
+        .track(
+            reflector::reflector(
+                writer,
+                watcher(jsk_api, watch_config().any_semantic()).modify(
+                    |jsk: &mut JwtSigningKey| controller::strip_bookkeeping(&mut jsk.metadata),
+                ),
+            )
+            .inspect_ok(move |event| match event {
+                watcher::Event::Apply(jsk) | watcher::Event::InitApply(jsk) => seen.watched(jsk),
+                watcher::Event::Delete(jsk) => seen.deleted(jsk),
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            }),
+        )
         .backoff(WatchBackoff::default())
         .applied_objects()
         .predicate_filter(reconcile_worthy, Default::default());

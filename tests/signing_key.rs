@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use common::{install_crd, wait_for, with_temp_ns};
-use jwt_key_operator::{keys::thumbprint, resources};
+use jwt_key_operator::{controller::FINALIZER, keys::thumbprint, resources};
 use k8s_openapi::{
     ByteString,
     api::core::v1::{ConfigMap, Secret},
@@ -392,13 +392,54 @@ async fn a_foreign_config_map_is_never_touched_and_the_name_is_taken_over_once_f
 async fn deleting_the_key_garbage_collects_its_secret_and_config_map() {
     with_temp_ns("jsk-gc", |ns| async move {
         install_crd(&ns.client).await;
-        let _operator = operator(&[&ns.name]);
+        let mut operator = operator(&[&ns.name]);
         create(&ns, &jsk("auth", json!({}))).await;
-        wait_ready(&ns, "auth", "True", "KeysReady").await;
+        let key = wait_ready(&ns, "auth", "True", "KeysReady").await;
+        // A key without copies in other namespaces carries no finalizer: everything it owns goes
+        // with it through ownerReferences.
+        assert!(
+            key.finalizers().is_empty(),
+            "no finalizer on a key that publishes no copies: {:?}",
+            key.finalizers()
+        );
+        let series = format!("namespace=\"{}\",name=\"auth\"", ns.name);
+        let gauges = |text: &str| {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("jwtkeys_published_keys")
+                        || l.starts_with("jwtkeys_next_rotation")
+                })
+                .filter(|l| l.contains(&series))
+                .count()
+        };
+        let text = metrics(&operator).await;
+        assert_eq!(
+            metric_sum(&text, "jwtkeys_published_keys", &series),
+            1.0,
+            "{text}"
+        );
+        assert_eq!(gauges(&text), 2, "{text}");
         api(&ns)
             .delete("auth", &DeleteParams::default())
             .await
             .unwrap();
+        // The operator forgets the key's gauges when its watch sees it go.
+        wait_for("the key's gauges to go", REACT, || async {
+            (gauges(&metrics(&operator).await) == 0).then_some(())
+        })
+        .await;
+        // Nor does deleting it wait for the operator.
+        operator.terminate();
+        let second = create(&ns, &jsk("second", json!({}))).await;
+        assert!(second.finalizers().is_empty());
+        api(&ns)
+            .delete("second", &DeleteParams::default())
+            .await
+            .unwrap();
+        assert!(
+            api(&ns).get_opt("second").await.unwrap().is_none(),
+            "a key without copies is deleted at once, with no operator running"
+        );
         wait_for(
             "the Secret and ConfigMap to be garbage-collected",
             Duration::from_secs(60),
@@ -521,14 +562,19 @@ async fn keys_are_published_into_matching_namespaces_and_withdrawn_when_they_sto
         let other = ns.extra("b", &[]).await;
         accept_from(&ns.client, &other, Some(&format!("{}/*", ns.name))).await;
         let _operator = operator(&[&ns.name, &matching, &other]);
-        create(
-            &ns,
-            &jsk(
+        // Without a selector the key has no copies and no finalizer; selecting namespaces adds
+        // the finalizer before the first copy is written.
+        let key = create(&ns, &jsk("auth", json!({}))).await;
+        wait_ready(&ns, "auth", "True", "KeysReady").await;
+        assert!(key.finalizers().is_empty());
+        api(&ns)
+            .patch(
                 "auth",
-                json!({"publish": {"namespaceSelector": {"matchLabels": {"jwks": "auth"}}}}),
-            ),
-        )
-        .await;
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"publish": {"namespaceSelector": {"matchLabels": {"jwks": "auth"}}}}})),
+            )
+            .await
+            .unwrap();
         let key = wait_status(
             &ns,
             "auth",
@@ -560,6 +606,7 @@ async fn keys_are_published_into_matching_namespaces_and_withdrawn_when_they_sto
             .unwrap()
             .metadata;
         assert_eq!(copy_meta.labels.unwrap()["jwtkeys.dev/signing-key"], "auth");
+        assert_eq!(key.finalizers(), [FINALIZER], "copies exist: the key carries the finalizer");
         assert_eq!(
             key.status.unwrap().published_namespaces,
             std::slice::from_ref(&matching)

@@ -200,6 +200,9 @@ pub struct Context {
     /// Extra wait before a next key signs, for clock skew between replicas.
     pub activation_margin: GoDuration,
     retries: Mutex<HashMap<(String, String), Retry>>,
+    /// The status this process last wrote to each JwtSigningKey, by uid, until the watch delivers
+    /// a newer object ([`Context::watched`]).
+    statuses: Mutex<HashMap<String, report::StatusWritten>>,
 }
 
 impl Context {
@@ -229,6 +232,35 @@ impl Context {
             fence,
             activation_margin,
             retries: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Called for every JwtSigningKey the watch delivers: a record of a status write goes once
+    /// the cache has held a newer object than the one that write started from for
+    /// [`cache::OVERLAY_TTL`] (a reconcile that took the older object may still be running).
+    pub fn watched(&self, jsk: &JwtSigningKey) {
+        let Some(uid) = jsk.uid() else { return };
+        let mut statuses = self.statuses.lock().expect("status lock");
+        if let Some(written) = statuses.get_mut(&uid)
+            && written.base != jsk.resource_version()
+            && written.superseded.is_none()
+        {
+            written.superseded = Some(Instant::now());
+        }
+        statuses.retain(|_, w| {
+            w.superseded
+                .is_none_or(|at| at.elapsed() < cache::OVERLAY_TTL)
+        });
+    }
+
+    /// Called when the watch sees a JwtSigningKey deleted: forgets what this process kept about
+    /// it (its gauges, its backoff, its last status write).
+    pub fn deleted(&self, jsk: &JwtSigningKey) {
+        self.metrics.forget(jsk);
+        self.succeeded(jsk);
+        if let Some(uid) = jsk.uid() {
+            self.statuses.lock().expect("status lock").remove(&uid);
         }
     }
 
@@ -322,18 +354,27 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
     }
     let namespace = jsk.namespace().unwrap_or_default();
     let api: Api<JwtSigningKey> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, jsk.clone(), |event| async {
-        match event {
-            Finalizer::Apply(jsk) => apply(&jsk, &ctx).await,
-            Finalizer::Cleanup(jsk) => cleanup(&jsk, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
+    let deleting = jsk.metadata.deletion_timestamp.is_some();
+    let result = if jsk.finalizers().iter().any(|f| f == FINALIZER)
+        || (!deleting && publishes_copies(&jsk, &ctx))
+    {
+        finalizer(&api, FINALIZER, jsk.clone(), |event| async {
+            match event {
+                Finalizer::Apply(jsk) => apply(&jsk, &ctx).await,
+                Finalizer::Cleanup(jsk) => cleanup(&jsk, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        })
+    } else if deleting {
+        cleanup(&jsk, &ctx).await
+    } else {
+        apply(&jsk, &ctx).await
+    };
     // A reconcile that started before this replica froze and ends after its fence closed does not
     // count as done: the replica that holds the Lease now owns the key.
     let result = result.and_then(|action| ctx.check_fence().map(|()| action));
@@ -557,20 +598,26 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         Ok(Found::Missing) => None,
         Err(e) => return Err(Error::GetConfigMap(config_map_name, e)),
     };
-    // The status helps rebuild the state when the Secret is gone: read it fresh, since the cached
-    // object may predate the last status write.
-    let known_status = match secret.as_ref().or(renamed_secret.as_ref()) {
-        Some(_) => status.clone(),
-        None => Api::<JwtSigningKey>::namespaced(ctx.client.clone(), &namespace)
-            .get_status(&jsk.name_any())
-            .await
-            .map_err(Error::GetStatus)?
-            .status
-            .unwrap_or_default(),
-    };
     let (targets, unaccepted) = run.target_namespaces();
     let copies = run.list_copies();
     let renamed_home = run.renamed_home_config_maps();
+    // The status helps rebuild the state when the Secret is gone: the stored one, since the cached
+    // object may predate the last status write. A key that never had a status in the cache and
+    // has no Secret or ConfigMap anywhere is new, and costs no read: with no key published, a
+    // status the cache has not seen yet could only say that a rotate or revoke annotation was
+    // handled, and acting on it again publishes one more key, or revokes none.
+    let stored_status = match secret.as_ref().or(renamed_secret.as_ref()) {
+        Some(_) => None,
+        None if jsk.status.is_none()
+            && home.is_none()
+            && copies.is_empty()
+            && renamed_home.is_empty() =>
+        {
+            Some(run.status_known().unwrap_or_default())
+        }
+        None => Some(run.stored_status().await?),
+    };
+    let known_status = stored_status.clone().unwrap_or_else(|| status.clone());
     let mut publisher = Publisher::new(&run, home, copies, &targets).await;
 
     let now = Timestamp::now();
@@ -827,7 +874,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         &status,
     );
     new_status.unaccepted_namespaces = unaccepted;
-    run.write_status(new_status, &status).await?;
+    run.write_status(new_status, &status, stored_status).await?;
     ctx.metrics
         .observe_keys(jsk, &keys, schedule::next_rotation(&timing, &keys));
     if !failures.is_empty() {
@@ -1054,6 +1101,25 @@ impl Reconciliation<'_> {
     }
 }
 
+/// Whether a key has copies in other namespaces to remove when it goes: it selects namespaces, or
+/// copies of it exist. Only such a key carries the finalizer; everything else it owns lives in its
+/// namespace and goes with it through ownerReferences, so deleting it never waits for the operator.
+fn publishes_copies(jsk: &JwtSigningKey, ctx: &Context) -> bool {
+    let selects = jsk
+        .spec
+        .publish
+        .as_ref()
+        .is_some_and(|p| p.namespace_selector.is_some());
+    selects
+        || !Reconciliation {
+            jsk,
+            ctx,
+            namespace: jsk.namespace().unwrap_or_default(),
+        }
+        .list_copies()
+        .is_empty()
+}
+
 /// Removes the ConfigMap copies in other namespaces; objects in the JwtSigningKey's own namespace go
 /// with it through their ownerReferences.
 async fn cleanup(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
@@ -1068,7 +1134,7 @@ async fn cleanup(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         run.delete_config_map(&copy.namespace().unwrap_or_default(), &copy.name_any())
             .await?;
     }
-    ctx.metrics.forget(jsk);
+    ctx.deleted(jsk);
     Ok(Action::await_change())
 }
 

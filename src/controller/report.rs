@@ -1,7 +1,10 @@
 //! Report: the status (written with server-side apply, only when it changed), the `Ready`
 //! condition, and events (published when state changes, never with key material).
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
@@ -161,47 +164,92 @@ impl Reconciliation<'_> {
         let mut status = old.clone();
         status.observed_generation = self.jsk.metadata.generation;
         status.conditions = vec![self.ready_condition(&ready, old)];
-        self.write_status(status, old).await
+        self.write_status(status, old, None).await
     }
 
+    /// The stored status, without reading it, when the cached object predates this process's
+    /// last status write: the reconcile that wrote it started from this very object, and the watch
+    /// has not delivered a newer one yet.
+    pub(super) fn status_known(&self) -> Option<JwtSigningKeyStatus> {
+        let uid = self.jsk.uid()?;
+        let statuses = self.ctx.statuses.lock().expect("status lock");
+        let written = statuses.get(&uid)?;
+        (written.base == self.jsk.resource_version()).then(|| written.status.clone())
+    }
+
+    /// The stored status: known from this process's last write ([`Self::status_known`]), or
+    /// read.
+    pub(super) async fn stored_status(&self) -> Result<JwtSigningKeyStatus> {
+        if let Some(status) = self.status_known() {
+            return Ok(status);
+        }
+        Ok(
+            Api::<JwtSigningKey>::namespaced(self.ctx.client.clone(), &self.namespace)
+                .get_status(&self.jsk.name_any())
+                .await
+                .map_err(Error::GetStatus)?
+                .status
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Writes the status unless it is already stored. `stored` is the stored status when this
+    /// reconcile read it; otherwise the cached one, or this process's last write when the cached
+    /// object predates it (so that a cache that has not caught up with that write costs no second
+    /// write, and no read).
     pub(super) async fn write_status(
         &self,
         mut new: JwtSigningKeyStatus,
         old: &JwtSigningKeyStatus,
+        stored: Option<JwtSigningKeyStatus>,
     ) -> Result<()> {
-        if new == *old {
-            return Ok(());
-        }
-        let api: Api<JwtSigningKey> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        // The cached object may predate this operator's last status write: compare with the stored
-        // status before writing, so that a stale cache costs a read, not a write.
-        let stored = api
-            .get_status(&self.jsk.name_any())
-            .await
-            .map_err(Error::GetStatus)?
-            .status;
-        if let Some(stored) = &stored {
-            keep_transition_times(&mut new, stored);
-        }
-        if stored.as_ref() == Some(&new) {
+        let stored = stored
+            .or_else(|| self.status_known())
+            .unwrap_or_else(|| old.clone());
+        keep_transition_times(&mut new, &stored);
+        if stored == new {
             return Ok(());
         }
         self.ctx.check_fence()?;
+        let api: Api<JwtSigningKey> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let patch = json!({
             "apiVersion": JwtSigningKey::api_version(&()),
             "kind": JwtSigningKey::kind(&()),
             "status": new,
         });
-        api.patch_status(
-            &self.jsk.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map_err(Error::ApplyStatus)?;
+        let written = api
+            .patch_status(
+                &self.jsk.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+            .map_err(Error::ApplyStatus)?;
         self.ctx.metrics.api_write("status");
+        if let Some(uid) = self.jsk.uid() {
+            self.ctx.statuses.lock().expect("status lock").insert(
+                uid,
+                StatusWritten {
+                    base: self.jsk.resource_version(),
+                    status: written.status.unwrap_or_default(),
+                    superseded: None,
+                },
+            );
+        }
         Ok(())
     }
+}
+
+/// A status this process wrote, kept while a reconcile may still start from the object that write
+/// started from (`base`).
+pub(crate) struct StatusWritten {
+    /// The resourceVersion of the object the writing reconcile started from.
+    pub(super) base: Option<String>,
+    /// The status as stored.
+    status: JwtSigningKeyStatus,
+    /// When the watch delivered a newer object than `base`. A reconcile that took the object from
+    /// the cache just before may still be running: the record stays for [`super::cache::OVERLAY_TTL`] more.
+    pub(super) superseded: Option<Instant>,
 }
 
 /// A condition whose status the stored one already has keeps the stored transition time (the
