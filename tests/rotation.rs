@@ -142,6 +142,87 @@ async fn the_rotate_annotation_publishes_a_key_now_and_it_signs_after_p() {
     .await;
 }
 
+/// The next key stays in the Secret as it was saved until it signs, and the instant it was
+/// published everywhere is in the status: an operator killed and restarted during P activates it P
+/// after it was published, not P after its own restart.
+#[tokio::test]
+async fn a_restart_during_p_does_not_start_p_again() {
+    with_temp_ns("rot-restart-p", |ns| async move {
+        const P_LONG: Duration = Duration::from_secs(12);
+        install_crd(&ns.client).await;
+        let history = History::of(&ns).await;
+        let mut operator = operator(&[&ns.name]);
+        let spec = json!({"propagationDelay": "12s", "maxTokenLifetime": "10s"});
+        let first = create_ready(&ns, &jsk("auth", spec)).await;
+        let secret_versions =
+            |h: &History| h.versions().iter().filter(|v| v.kind == "Secret").count();
+        let before = secret_versions(&history);
+
+        annotate(
+            &ns,
+            "auth",
+            json!({"jwtkeys.dev/rotate": "restart-during-p"}),
+        )
+        .await;
+        let kids = wait_for("the next key in the ConfigMap", REACT, || async {
+            let versions = history.versions();
+            let cm = versions.iter().rev().find(|v| v.kind == "ConfigMap")?;
+            let kids = cm.kids.clone()?;
+            (kids.len() == 2).then_some(kids)
+        })
+        .await;
+        let next = kids.iter().find(|k| **k != first).unwrap().clone();
+        let first_holding = |kind: &str| {
+            history
+                .versions()
+                .iter()
+                .find(|v| v.kind == kind && v.kids.as_ref().is_some_and(|k| k.contains(&next)))
+                .map(|v| v.at)
+        };
+        let published = first_holding("ConfigMap").unwrap();
+        wait_status(&ns, "auth", "the next key in the status", REACT, |k| {
+            let status = k.status.as_ref();
+            status.is_some_and(|s| {
+                s.keys
+                    .iter()
+                    .any(|e| e.kid == next && e.state == KeyState::Next)
+            })
+        })
+        .await;
+        // Halfway through P: a crash and a restart.
+        tokio::time::sleep_until((published + P_LONG / 2).into()).await;
+        operator.restart();
+        let restarted = Instant::now();
+        let kids = wait_signing_kids(&history, 2, REACT).await;
+        assert_eq!(kids[1], next);
+        let activated = first_holding("Secret").unwrap();
+        let after_publication = activated.duration_since(published);
+        eprintln!(
+            "FIGURE restart during P: signed {after_publication:.2?} after publication, {:.2?} \
+             after the restart (P = {P_LONG:?})",
+            activated.duration_since(restarted)
+        );
+        let l_plus_p = P_LONG + Duration::from_secs(10);
+        history.check_invariants(P_LONG, l_plus_p, SLACK, std::slice::from_ref(&first), &[]);
+        // The status rounds the instant up to a second, and activations wait 1 s more for clock
+        // skew between replicas: about P + 2 s. Counting P again from the restart would take
+        // P + P/2.
+        assert!(
+            after_publication < P_LONG + Duration::from_secs(4),
+            "the next key signed {after_publication:?} after publication (P = {P_LONG:?}): P \
+             started again at the restart"
+        );
+        // The rotation wrote the Secret twice: the next key saved, then switched to.
+        assert_eq!(
+            secret_versions(&history) - before,
+            2,
+            "{:#?}",
+            history.versions()
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_revoke_annotation_drops_keys_at_once_and_a_fresh_key_signs() {
     with_temp_ns("rot-revoke", |ns| async move {

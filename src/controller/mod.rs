@@ -54,7 +54,7 @@ use crate::{
     leader::Fence,
     metrics::Metrics,
     resources::{self, PrivateKeys},
-    schedule::{self, KeySet, NewKey, PendingKey, Transition},
+    schedule::{self, KeyRecord, KeySet, NewKey, PendingKey, Transition},
     time::plus,
 };
 use publish::Publisher;
@@ -203,6 +203,8 @@ pub struct Context {
     /// The status this process last wrote to each JwtSigningKey, by uid, until the watch delivers
     /// a newer object ([`Context::watched`]).
     statuses: Mutex<HashMap<String, report::StatusWritten>>,
+    /// By JwtSigningKey uid: its next key and when this process saw it published everywhere.
+    next_published: Mutex<HashMap<String, (String, Timestamp)>>,
 }
 
 impl Context {
@@ -233,6 +235,7 @@ impl Context {
             activation_margin,
             retries: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
+            next_published: Mutex::new(HashMap::new()),
         }
     }
 
@@ -261,7 +264,31 @@ impl Context {
         self.succeeded(jsk);
         if let Some(uid) = jsk.uid() {
             self.statuses.lock().expect("status lock").remove(&uid);
+            self.next_published
+                .lock()
+                .expect("next key lock")
+                .remove(&uid);
         }
+    }
+
+    /// When this process saw `kid`, the next key of `jsk`, published in every ConfigMap.
+    fn next_published_at(&self, jsk: &JwtSigningKey, kid: &str) -> Option<Timestamp> {
+        let uid = jsk.uid()?;
+        let remembered = self.next_published.lock().expect("next key lock");
+        remembered
+            .get(&uid)
+            .filter(|(next, _)| next == kid)
+            .map(|(_, at)| *at)
+    }
+
+    /// Remembers the next key of `jsk` and when it was published everywhere (or forgets it).
+    fn remember_next(&self, jsk: &JwtSigningKey, next: Option<&KeyRecord>) {
+        let Some(uid) = jsk.uid() else { return };
+        let mut remembered = self.next_published.lock().expect("next key lock");
+        match next {
+            Some(next) => remembered.insert(uid, (next.kid().to_string(), next.published_at)),
+            None => remembered.remove(&uid),
+        };
     }
 
     fn in_scope(&self, namespace: &str) -> bool {
@@ -511,11 +538,32 @@ fn restamp(
     moved
 }
 
+/// The Secret for `keys`. A next key that the Secret holds as the pending key it was saved as
+/// (`saved`) stays written that way until it signs: publishing it costs no Secret write. The
+/// instant it was published everywhere is kept in memory ([`Context::next_published_at`]) and in
+/// the status, which a process that restarts during P reads it from
+/// ([`observe::published_next_since`]); a process that finds it in neither counts from its own
+/// first look, so an activation can come later, never earlier.
 fn desired_secret(
     jsk: &JwtSigningKey,
     keys: &KeySet,
     private: &BTreeMap<String, KeyPair>,
+    saved: Option<&PendingKey>,
 ) -> Secret {
+    let held_as_pending = saved.filter(|saved| {
+        keys.pending.is_none() && keys.next().is_some_and(|next| next.kid() == saved.jwk.kid)
+    });
+    let view;
+    let keys = match held_as_pending {
+        Some(saved) => {
+            let mut held = keys.clone();
+            held.keys.retain(|k| k.kid() != saved.jwk.kid);
+            held.pending = Some(saved.clone());
+            view = held;
+            &view
+        }
+        None => keys,
+    };
     let private_keys = PrivateKeys {
         active: keys.active().and_then(|k| private.get(k.kid()).cloned()),
         next: keys.next().and_then(|k| private.get(k.kid()).cloned()),
@@ -642,6 +690,8 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
     for repair in &repairs {
         warn!(repair, "key state repaired");
     }
+    // The pending key as the Secret holds it (a next key stays held that way until it signs).
+    let mut saved_pending = keys.pending.clone();
     let mut notes: Vec<(EventType, &'static str, String)> = repairs
         .into_iter()
         .map(|r| (EventType::Warning, "StateRepaired", r))
@@ -683,12 +733,13 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
                 private.insert(pair.kid().to_string(), pair);
                 keys.pending = Some(pending.clone());
                 if let Err(e) = writer
-                    .write(&run, desired_secret(jsk, &keys, &private))
+                    .write(&run, desired_secret(jsk, &keys, &private, None))
                     .await
                 {
                     secret_error = Some(e);
                     break;
                 }
+                saved_pending = Some(pending.clone());
                 pending
             }
         };
@@ -703,8 +754,20 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         if role == NewKey::Next && !everywhere {
             break;
         }
+        // A write in this reconcile that added it to a ConfigMap says when it was published
+        // everywhere; otherwise this process's record of an earlier reconcile, or the status (a
+        // process that restarted during P); otherwise now.
         let published_at = publisher
             .added_at(&pending.jwk.kid)
+            .or_else(|| {
+                (role == NewKey::Next)
+                    .then(|| {
+                        ctx.next_published_at(jsk, &pending.jwk.kid).or_else(|| {
+                            observe::published_next_since(&known_status, &pending, Timestamp::now())
+                        })
+                    })
+                    .flatten()
+            })
             .unwrap_or_else(Timestamp::now);
         keys.pending = None;
         keys.add_published(pending.jwk.clone(), published_at, role);
@@ -712,13 +775,18 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
             NewKey::SignsNow => "is published and signs at once",
             NewKey::Next => "is published in every ConfigMap; it signs after propagationDelay",
         };
+        // A next key held as pending is found published on every reconcile until it signs: it
+        // gets its event from the reconcile whose writes published it.
         match created_note {
             Some(i) => notes[i].2.push_str(&format!("; it {published}")),
-            None => notes.push((
-                EventType::Normal,
-                "KeyPublished",
-                format!("Key {} {published}", pending.jwk.kid),
-            )),
+            None if role == NewKey::SignsNow || publisher.added_at(&pending.jwk.kid).is_some() => {
+                notes.push((
+                    EventType::Normal,
+                    "KeyPublished",
+                    format!("Key {} {published}", pending.jwk.kid),
+                ))
+            }
+            None => {}
         }
     }
 
@@ -739,14 +807,20 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
     let mut plan = schedule::plan(&timing, &keys, planned);
     if secret_error.is_none() {
         match writer
-            .write(&run, desired_secret(jsk, &plan.keys, &private))
+            .write(
+                &run,
+                desired_secret(jsk, &plan.keys, &private, saved_pending.as_ref()),
+            )
             .await
         {
             Ok(Some(returned)) => {
                 if restamp(&mut plan.keys, planned, returned, retention)
                     && returned.duration_since(planned) > STAMP_TOLERANCE
                     && let Err(e) = writer
-                        .write(&run, desired_secret(jsk, &plan.keys, &private))
+                        .write(
+                            &run,
+                            desired_secret(jsk, &plan.keys, &private, saved_pending.as_ref()),
+                        )
                         .await
                 {
                     secret_error = Some(e);
@@ -784,7 +858,10 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
             next.published_at = added;
         }
         if let Err(error) = writer
-            .write(&run, desired_secret(jsk, &keys, &private))
+            .write(
+                &run,
+                desired_secret(jsk, &keys, &private, saved_pending.as_ref()),
+            )
             .await
         {
             run.not_ready("SecretWriteFailed", &error.brief(), &status)
@@ -792,6 +869,8 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
             return Err(error);
         }
     }
+
+    ctx.remember_next(jsk, keys.next());
 
     // Objects under names this key no longer uses go once the current names hold the keys.
     if publisher.failures().is_empty() {
@@ -1166,6 +1245,70 @@ pub fn selector_matches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_next_key_saved_as_pending_is_written_as_it_was_saved_until_it_signs() {
+        let mut jsk = JwtSigningKey::new(
+            "auth",
+            serde_json::from_value(serde_json::json!({})).unwrap(),
+        );
+        jsk.metadata.namespace = Some("auth".into());
+        jsk.metadata.uid = Some("uid-1".into());
+        let t = |s| Timestamp::from_second(s).unwrap();
+        let (signing, next) = (
+            KeyPair::generate(2048, crate::crd::Algorithm::RS256).unwrap(),
+            KeyPair::generate(2048, crate::crd::Algorithm::RS256).unwrap(),
+        );
+        let private: BTreeMap<String, KeyPair> = [&signing, &next]
+            .map(|p| (p.kid().to_string(), p.clone()))
+            .into_iter()
+            .collect();
+        let saved = PendingKey {
+            jwk: next.jwk.clone(),
+            generated_at: t(100),
+        };
+        // As saved before publication: the signing key and the pending key.
+        let mut keys = KeySet {
+            keys: vec![KeyRecord::published(signing.jwk.clone(), t(0), true)],
+            pending: Some(saved.clone()),
+            ..KeySet::default()
+        };
+        let stored = desired_secret(&jsk, &keys, &private, None);
+        // Published everywhere: the next key of the schedule.
+        keys.pending = None;
+        keys.keys
+            .push(KeyRecord::published(next.jwk.clone(), t(110), false));
+        assert_eq!(
+            desired_secret(&jsk, &keys, &private, Some(&saved)).data,
+            stored.data,
+            "publishing the saved key changes nothing in the Secret"
+        );
+        let legacy = desired_secret(&jsk, &keys, &private, None);
+        assert!(
+            legacy
+                .data
+                .as_ref()
+                .unwrap()
+                .contains_key(resources::NEXT_PRIVATE_PEM),
+            "a next key the Secret does not hold as pending is written as the next key"
+        );
+        // Once it signs, the Secret holds it as the signing key and no pending key.
+        let plan = schedule::plan(
+            &serde_json::from_value::<crate::crd::JwtSigningKeySpec>(serde_json::json!({
+                "rotationInterval": "100s", "propagationDelay": "10s", "maxTokenLifetime": "10s"
+            }))
+            .unwrap()
+            .timing()
+            .unwrap(),
+            &keys,
+            t(1000),
+        );
+        assert_eq!(plan.keys.active().map(|k| k.kid()), Some(next.kid()));
+        let switched = desired_secret(&jsk, &plan.keys, &private, Some(&saved));
+        let data = switched.data.unwrap();
+        assert_eq!(data[resources::KID].0, next.kid().as_bytes());
+        assert!(!data.contains_key(resources::PENDING_PRIVATE_PEM));
+    }
 
     fn selector(value: serde_json::Value) -> LabelSelector {
         serde_json::from_value(value).unwrap()

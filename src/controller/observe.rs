@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    crd::{Algorithm, JwtSigningKeyStatus, MAX_PUBLISHED_KEYS, Timing},
+    crd::{Algorithm, JwtSigningKeyStatus, KeyState, MAX_PUBLISHED_KEYS, Timing},
     keys::{Jwk, KeyPair, thumbprint},
     schedule::{self, KeyRecord, KeySet, PendingKey},
     time::{parse_rfc3339, plus, rfc3339_secs},
@@ -55,6 +55,26 @@ fn is_valid(jwk: &Jwk) -> bool {
 
 fn parse_time(value: Option<&str>) -> Option<Timestamp> {
     value.and_then(parse_rfc3339)
+}
+
+/// Since when a pending key has been published everywhere, according to the status: a process
+/// that did not see it published (after a restart or a failover) finds it there. The status shows
+/// a key as `Next` only once every target held it, with that instant, in whole seconds, as
+/// `createdAt`: it is rounded up a second, is never before the key was generated, nor after `now`.
+pub fn published_next_since(
+    status: &JwtSigningKeyStatus,
+    pending: &PendingKey,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let entry = status
+        .keys
+        .iter()
+        .find(|e| e.kid == pending.jwk.kid && e.state == KeyState::Next)?;
+    let at = plus(
+        parse_time(Some(&entry.created_at))?,
+        SignedDuration::from_secs(1),
+    );
+    Some(at.max(pending.generated_at).min(now))
 }
 
 /// Rebuilds the key set and the private keys from the Secret, the publication and the status.

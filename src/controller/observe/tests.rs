@@ -338,3 +338,67 @@ fn the_revoked_list_is_bounded_and_forgets_kids_that_can_no_longer_appear() {
         "the newest revocations are kept"
     );
 }
+
+#[test]
+fn a_restarted_process_counts_a_published_next_key_from_the_status_rounded_up() {
+    let pair = &pairs(1)[0];
+    let pending = PendingKey {
+        jwk: pair.jwk.clone(),
+        generated_at: now() - SignedDuration::from_secs(30),
+    };
+    let entry = |state: KeyState, created_at: Timestamp| KeyStatus {
+        kid: pair.kid().to_string(),
+        state,
+        algorithm: Some("RS256".into()),
+        created_at: rfc3339_secs(created_at),
+        activates_at: None,
+        retires_at: None,
+        remove_after: None,
+    };
+    let status = |entries: Vec<KeyStatus>| JwtSigningKeyStatus {
+        keys: entries,
+        ..JwtSigningKeyStatus::default()
+    };
+    // Published everywhere at 11:59:40.7; the status says 11:59:40, in whole seconds.
+    let published = now() - SignedDuration::from_millis(19_300);
+    let since = published_next_since(
+        &status(vec![entry(KeyState::Next, published)]),
+        &pending,
+        now(),
+    );
+    assert_eq!(
+        since,
+        Some(now() - SignedDuration::from_secs(19)),
+        "rounded up, never earlier"
+    );
+    assert!(since.unwrap() >= published);
+    // Never before the key was generated (a status restored from an older backup), nor in the future.
+    let restored = now() - SignedDuration::from_secs(3600);
+    assert_eq!(
+        published_next_since(
+            &status(vec![entry(KeyState::Next, restored)]),
+            &pending,
+            now()
+        ),
+        Some(pending.generated_at)
+    );
+    let future = now() + SignedDuration::from_secs(3600);
+    assert_eq!(
+        published_next_since(
+            &status(vec![entry(KeyState::Next, future)]),
+            &pending,
+            now()
+        ),
+        Some(now())
+    );
+    // Only a Next entry for this very key counts.
+    assert_eq!(
+        published_next_since(
+            &status(vec![entry(KeyState::Active, published)]),
+            &pending,
+            now()
+        ),
+        None
+    );
+    assert_eq!(published_next_since(&status(vec![]), &pending, now()), None);
+}
