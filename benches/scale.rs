@@ -1,6 +1,7 @@
 //! The operator's cost at scale, next to its floor, on the local control plane, in one run:
 //!
-//! 1. keygen floor: the operator's own RSA-2048 generator in-process; floor = mean CPU × N / cores;
+//! 1. keygen floor: the operator's own RSA-2048 generator in-process; floor = mean CPU × N / cores
+//!    (the full run generates N keys, so the floor is the CPU time of N generations over the cores);
 //! 2. create storm: N JwtSigningKeys created by 8 parallel clients against one operator (with
 //!    leader election); time until all are Ready, the operator's CPU per key, the largest gap
 //!    between Lease renewals;
@@ -149,11 +150,14 @@ impl Scale {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
+        let keys = env("JKO_SCALE_KEYS", if full { 1000 } else { 100 }).max(1);
         Scale {
             full,
-            keys: env("JKO_SCALE_KEYS", if full { 1000 } else { 100 }).max(1),
+            keys,
             namespaces: env("JKO_SCALE_NAMESPACES", if full { 1000 } else { 50 }).max(1),
-            keygen_runs: if full { 100 } else { 20 },
+            // Full: as many generations as keys, so that the floor is the CPU time of N
+            // generations, not an estimate from a sample of a skewed distribution.
+            keygen_runs: if full { keys } else { 20 },
             // Full: long enough for the event recorder to forget the storm's events.
             idle: if full {
                 SERIES_WINDOW + Duration::from_secs(40)
