@@ -109,6 +109,9 @@ pub struct LeaderElector {
     duration: Duration,
     retry_period: Duration,
     fence: Arc<Fence>,
+    /// Whether the Lease was handed back: SIGTERM and the end of the controllers both release it,
+    /// and the second waits for the first instead of racing it.
+    released: Arc<tokio::sync::Mutex<bool>>,
 }
 
 fn now() -> MicroTime {
@@ -136,6 +139,7 @@ impl LeaderElector {
             duration,
             retry_period: (duration * 2 / 15).max(Duration::from_millis(100)),
             fence: Arc::new(Fence::new(duration * 2 / 3)),
+            released: Arc::default(),
         }
     }
 
@@ -287,6 +291,7 @@ impl LeaderElector {
                             duration: self.duration,
                             retry_period: self.retry_period,
                             fence: self.fence.clone(),
+                            released: self.released.clone(),
                         },
                         Err(e) => {
                             warn!(error = %e, "no separate API client for the Lease renewal; sharing the main one");
@@ -297,6 +302,7 @@ impl LeaderElector {
                                 duration: self.duration,
                                 retry_period: self.retry_period,
                                 fence: self.fence.clone(),
+                                released: self.released.clone(),
                             }
                         }
                     };
@@ -351,26 +357,41 @@ impl LeaderElector {
 
     /// Stops writing and hands the Lease back, so that a standby takes over at once.
     pub async fn release(&self) {
-        self.fence.release();
-        let result = async {
-            let Some(lease) = self.api.get_opt(&self.name).await? else {
-                return Ok(());
-            };
-            let version = lease.resource_version().unwrap_or_default();
-            let mut spec = lease.spec.unwrap_or_default();
-            if spec.holder_identity.as_deref() != Some(&self.identity) {
-                return Ok(());
-            }
-            spec.holder_identity = None;
-            spec.lease_duration_seconds = Some(1);
-            spec.renew_time = Some(now());
-            self.patch(&version, &spec).await
+        let mut released = self.released.lock().await;
+        if *released {
+            return;
         }
-        .await;
+        self.fence.release();
+        // A renewal still in flight may change the Lease between the read and the write: a
+        // conflict reads it again.
+        let mut result = self.hand_back().await;
+        for _ in 0..3 {
+            match &result {
+                Err(e) if is_conflict(e) => result = self.hand_back().await,
+                _ => break,
+            }
+        }
         match result {
             Ok(()) => info!(lease = self.name, "released the Lease"),
             Err(e) => warn!(error = %e, lease = self.name, "releasing the Lease failed"),
         }
+        *released = true;
+    }
+
+    /// Clears the holder of the Lease if it is this replica.
+    async fn hand_back(&self) -> Result<(), kube::Error> {
+        let Some(lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let version = lease.resource_version().unwrap_or_default();
+        let mut spec = lease.spec.unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(&self.identity) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(now());
+        self.patch(&version, &spec).await
     }
 }
 
