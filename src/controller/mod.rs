@@ -200,8 +200,8 @@ pub struct Context {
     /// Extra wait before a next key signs, for clock skew between replicas.
     pub activation_margin: GoDuration,
     retries: Mutex<HashMap<(String, String), Retry>>,
-    /// The status this process last wrote to each JwtSigningKey, by uid, until the watch delivers
-    /// a newer object ([`Context::watched`]).
+    /// The status this process last wrote to each JwtSigningKey, by uid, while a reconcile may
+    /// still start from the object that write started from ([`Context::watched`]).
     statuses: Mutex<HashMap<String, report::StatusWritten>>,
     /// By JwtSigningKey uid: its next key and when this process saw it published everywhere.
     next_published: Mutex<HashMap<String, (String, Timestamp)>>,

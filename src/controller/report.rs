@@ -248,7 +248,8 @@ pub(crate) struct StatusWritten {
     /// The status as stored.
     status: JwtSigningKeyStatus,
     /// When the watch delivered a newer object than `base`. A reconcile that took the object from
-    /// the cache just before may still be running: the record stays for [`super::cache::OVERLAY_TTL`] more.
+    /// the cache just before may still be running: the record stays for
+    /// [`super::cache::OVERLAY_TTL`] more.
     pub(super) superseded: Option<Instant>,
 }
 
