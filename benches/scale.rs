@@ -661,6 +661,15 @@ fn is_lease(request: &Request) -> bool {
     request.resource == "leases"
 }
 
+/// The requests of one kind.
+fn of_kind<'a>(requests: &[&'a Request], kind: RequestKind) -> Vec<&'a Request> {
+    requests
+        .iter()
+        .copied()
+        .filter(|r| r.kind() == kind)
+        .collect()
+}
+
 fn describe(requests: &[&Request]) -> String {
     let counts = common::breakdown(requests.iter().copied());
     if counts.is_empty() {
@@ -982,11 +991,7 @@ async fn storm(b: &Bench<'_>, operator: &mut Supervised) {
             None,
         );
         let counts = Counts::of(other.iter().copied());
-        let writes: Vec<&Request> = other
-            .iter()
-            .copied()
-            .filter(|r| r.kind() == RequestKind::Write)
-            .collect();
+        let writes = of_kind(&other, RequestKind::Write);
         b.report.figure(
             "storm writes per key (Lease excepted)",
             counts.writes as f64 / n as f64,
@@ -999,11 +1004,7 @@ async fn storm(b: &Bench<'_>, operator: &mut Supervised) {
             ),
             Some(QUICK_STORM_WRITES_PER_KEY),
         );
-        let reads: Vec<&Request> = other
-            .iter()
-            .copied()
-            .filter(|r| r.kind() == RequestKind::Read)
-            .collect();
+        let reads = of_kind(&other, RequestKind::Read);
         b.report.figure(
             "storm reads per key (Lease and watches excepted)",
             counts.reads as f64 / n as f64,
@@ -1835,11 +1836,7 @@ async fn restart(b: &Bench<'_>, operator: &mut Supervised, stop: Stop) {
     let requests = requests_of(audit, operator, spawned_wall, spawned_wall + window).await;
     let (lease, other): (Vec<&Request>, Vec<&Request>) = requests.iter().partition(|r| is_lease(r));
     let counts = Counts::of(other.iter().copied());
-    let writes: Vec<&Request> = other
-        .iter()
-        .copied()
-        .filter(|r| r.kind() == RequestKind::Write)
-        .collect();
+    let writes = of_kind(&other, RequestKind::Write);
     b.report.figure(
         "writes after restart (Lease excepted)",
         counts.writes as f64,
