@@ -17,6 +17,7 @@ mod report;
 mod secret;
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -382,12 +383,18 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
     let namespace = jsk.namespace().unwrap_or_default();
     let api: Api<JwtSigningKey> = Api::namespaced(ctx.client.clone(), &namespace);
     let deleting = jsk.metadata.deletion_timestamp.is_some();
+    let copies = Reconciliation {
+        jsk: &jsk,
+        ctx: &ctx,
+        namespace: namespace.clone(),
+    }
+    .list_copies();
     let result = if jsk.finalizers().iter().any(|f| f == FINALIZER)
-        || (!deleting && publishes_copies(&jsk, &ctx))
+        || (!deleting && publishes_copies(&jsk, &copies))
     {
         finalizer(&api, FINALIZER, jsk.clone(), |event| async {
             match event {
-                Finalizer::Apply(jsk) => apply(&jsk, &ctx).await,
+                Finalizer::Apply(jsk) => apply(&jsk, &ctx, copies).await,
                 Finalizer::Cleanup(jsk) => cleanup(&jsk, &ctx).await,
             }
         })
@@ -400,7 +407,7 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
     } else if deleting {
         cleanup(&jsk, &ctx).await
     } else {
-        apply(&jsk, &ctx).await
+        apply(&jsk, &ctx, copies).await
     };
     // A reconcile that started before this replica froze and ends after its fence closed does not
     // count as done: the replica that holds the Lease now owns the key.
@@ -553,16 +560,14 @@ fn desired_secret(
     let held_as_pending = saved.filter(|saved| {
         keys.pending.is_none() && keys.next().is_some_and(|next| next.kid() == saved.jwk.kid)
     });
-    let view;
     let keys = match held_as_pending {
         Some(saved) => {
             let mut held = keys.clone();
             held.keys.retain(|k| k.kid() != saved.jwk.kid);
             held.pending = Some(saved.clone());
-            view = held;
-            &view
+            Cow::Owned(held)
         }
-        None => keys,
+        None => Cow::Borrowed(keys),
     };
     let private_keys = PrivateKeys {
         active: keys.active().and_then(|k| private.get(k.kid()).cloned()),
@@ -572,7 +577,7 @@ fn desired_secret(
             .as_ref()
             .and_then(|p| private.get(&p.jwk.kid).cloned()),
     };
-    resources::secret(jsk, keys, &private_keys)
+    resources::secret(jsk, &keys, &private_keys)
 }
 
 fn text<'s>(secret: Option<&'s Secret>, key: &str) -> Option<&'s str> {
@@ -582,7 +587,9 @@ fn text<'s>(secret: Option<&'s Secret>, key: &str) -> Option<&'s str> {
         .and_then(|v| std::str::from_utf8(&v.0).ok())
 }
 
-async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
+/// Brings the key's objects to its schedule. `copies` are the copies it owns in other namespaces
+/// ([`Reconciliation::list_copies`]).
+async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Result<Action> {
     let namespace = jsk.namespace().unwrap_or_default();
     let status = jsk.status.clone().unwrap_or_default();
     let run = Reconciliation {
@@ -647,7 +654,6 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         Err(e) => return Err(Error::GetConfigMap(config_map_name, e)),
     };
     let (targets, unaccepted) = run.target_namespaces();
-    let copies = run.list_copies();
     let renamed_home = run.renamed_home_config_maps();
     // The status helps rebuild the state when the Secret is gone: the stored one, since the cached
     // object may predate the last status write. A key that never had a status in the cache and
@@ -757,18 +763,16 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         // A write in this reconcile that added it to a ConfigMap says when it was published
         // everywhere; otherwise this process's record of an earlier reconcile, or the status (a
         // process that restarted during P); otherwise now.
-        let published_at = publisher
-            .added_at(&pending.jwk.kid)
-            .or_else(|| {
-                (role == NewKey::Next)
-                    .then(|| {
-                        ctx.next_published_at(jsk, &pending.jwk.kid).or_else(|| {
-                            observe::published_next_since(&known_status, &pending, Timestamp::now())
-                        })
-                    })
-                    .flatten()
-            })
-            .unwrap_or_else(Timestamp::now);
+        let published_at = match (publisher.added_at(&pending.jwk.kid), role) {
+            (Some(added), _) => added,
+            (None, NewKey::Next) => ctx
+                .next_published_at(jsk, &pending.jwk.kid)
+                .or_else(|| {
+                    observe::published_next_since(&known_status, &pending, Timestamp::now())
+                })
+                .unwrap_or_else(Timestamp::now),
+            (None, NewKey::SignsNow) => Timestamp::now(),
+        };
         keys.pending = None;
         keys.add_published(pending.jwk.clone(), published_at, role);
         let published = match role {
@@ -1181,22 +1185,16 @@ impl Reconciliation<'_> {
 }
 
 /// Whether a key has copies in other namespaces to remove when it goes: it selects namespaces, or
-/// copies of it exist. Only such a key carries the finalizer; everything else it owns lives in its
-/// namespace and goes with it through ownerReferences, so deleting it never waits for the operator.
-fn publishes_copies(jsk: &JwtSigningKey, ctx: &Context) -> bool {
+/// `copies` of it exist. Only such a key carries the finalizer; everything else it owns lives in
+/// its namespace and goes with it through ownerReferences, so deleting it never waits for the
+/// operator.
+fn publishes_copies(jsk: &JwtSigningKey, copies: &[ConfigMap]) -> bool {
     let selects = jsk
         .spec
         .publish
         .as_ref()
         .is_some_and(|p| p.namespace_selector.is_some());
-    selects
-        || !Reconciliation {
-            jsk,
-            ctx,
-            namespace: jsk.namespace().unwrap_or_default(),
-        }
-        .list_copies()
-        .is_empty()
+    selects || !copies.is_empty()
 }
 
 /// Removes the ConfigMap copies in other namespaces; objects in the JwtSigningKey's own namespace go
