@@ -204,8 +204,11 @@ impl Metrics {
     }
 
     /// Forgets a deleted JwtSigningKey's gauges.
-    pub fn forget(&self, jsk: &JwtSigningKey) {
-        let labels = labels(jsk);
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let labels = KeyLabels {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
         self.published_keys.remove(&labels);
         self.next_rotation.remove(&labels);
     }

@@ -580,11 +580,7 @@ async fn controller_for<S, C>(
                     |jsk: &mut JwtSigningKey| controller::strip_bookkeeping(&mut jsk.metadata),
                 ),
             )
-            .inspect_ok(move |event| match event {
-                watcher::Event::Apply(jsk) | watcher::Event::InitApply(jsk) => seen.watched(jsk),
-                watcher::Event::Delete(jsk) => seen.deleted(jsk),
-                watcher::Event::Init | watcher::Event::InitDone => {}
-            }),
+            .inspect_ok(move |event| seen.key_event(event)),
         )
         .backoff(WatchBackoff::default())
         .applied_objects()

@@ -11,6 +11,7 @@
 //! The decisions about time are the pure `schedule`; this module observes, asks, applies, reports.
 
 mod cache;
+mod known;
 mod observe;
 mod publish;
 mod report;
@@ -36,6 +37,7 @@ use kube::{
         events::EventType,
         finalizer::{Event as Finalizer, finalizer},
         reflector::Store,
+        watcher,
     },
 };
 use tracing::{debug, info, instrument, warn};
@@ -206,6 +208,8 @@ pub struct Context {
     statuses: Mutex<HashMap<String, report::StatusWritten>>,
     /// By JwtSigningKey uid: its next key and when this process saw it published everywhere.
     next_published: Mutex<HashMap<String, (String, Timestamp)>>,
+    /// The keys the watch has shown ([`Context::key_event`]).
+    known: Mutex<known::KnownKeys>,
 }
 
 impl Context {
@@ -237,13 +241,27 @@ impl Context {
             retries: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             next_published: Mutex::new(HashMap::new()),
+            known: Mutex::new(known::KnownKeys::default()),
         }
     }
 
-    /// Called for every JwtSigningKey the watch delivers: a record of a status write goes once
-    /// the cache has held a newer object than the one that write started from for
-    /// [`cache::OVERLAY_TTL`] (a reconcile that took the older object may still be running).
-    pub fn watched(&self, jsk: &JwtSigningKey) {
+    /// Called for every event of the JwtSigningKey watch: forgets the keys it shows gone, by a
+    /// delete or by a fresh listing without them ([`Context::deleted`]), and ages the records of
+    /// status writes ([`Context::watched`]).
+    pub fn key_event(&self, event: &watcher::Event<JwtSigningKey>) {
+        if let watcher::Event::Apply(jsk) | watcher::Event::InitApply(jsk) = event {
+            self.watched(jsk);
+        }
+        let gone = self.known.lock().expect("known keys lock").observe(event);
+        for key in gone {
+            self.deleted(&key);
+        }
+    }
+
+    /// A record of a status write goes once the cache has held a newer object than the one that
+    /// write started from for [`cache::OVERLAY_TTL`] (a reconcile that took the older object may
+    /// still be running).
+    fn watched(&self, jsk: &JwtSigningKey) {
         let Some(uid) = jsk.uid() else { return };
         let mut statuses = self.statuses.lock().expect("status lock");
         if let Some(written) = statuses.get_mut(&uid)
@@ -258,18 +276,19 @@ impl Context {
         });
     }
 
-    /// Called when the watch sees a JwtSigningKey deleted: forgets what this process kept about
-    /// it (its gauges, its backoff, its last status write).
-    pub fn deleted(&self, jsk: &JwtSigningKey) {
-        self.metrics.forget(jsk);
-        self.succeeded(jsk);
-        if let Some(uid) = jsk.uid() {
-            self.statuses.lock().expect("status lock").remove(&uid);
-            self.next_published
-                .lock()
-                .expect("next key lock")
-                .remove(&uid);
-        }
+    /// Forgets what this process kept about a key that went away: its gauges, its backoff, its
+    /// last status write, when its next key was published.
+    fn deleted(&self, key: &known::Gone) {
+        self.metrics.forget(&key.namespace, &key.name);
+        self.retries
+            .lock()
+            .expect("retry lock")
+            .remove(&(key.namespace.clone(), key.name.clone()));
+        self.statuses.lock().expect("status lock").remove(&key.uid);
+        self.next_published
+            .lock()
+            .expect("next key lock")
+            .remove(&key.uid);
     }
 
     /// When this process saw `kid`, the next key of `jsk`, published in every ConfigMap.
@@ -1211,7 +1230,7 @@ async fn cleanup(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
         run.delete_config_map(&copy.namespace().unwrap_or_default(), &copy.name_any())
             .await?;
     }
-    ctx.deleted(jsk);
+    ctx.deleted(&known::Gone::of(jsk));
     Ok(Action::await_change())
 }
 
