@@ -97,17 +97,22 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
     // reconciles wait for the Lease (see `controller::reconcile`): a replica that takes over, after a
     // crash too, starts from synced caches instead of listing everything then.
     let fence = elector.as_ref().map(|elector| elector.fence());
+    let (leading, mut became_leader) = tokio::sync::watch::channel(false);
     match &elector {
         Some(elector) => {
             let (elector, metrics) = (elector.clone(), metrics.clone());
             tokio::spawn(async move {
                 elector.acquire().await;
                 metrics.leading();
+                leading.send_replace(true);
                 elector.clone().keep_renewing();
                 release_on_signal(elector);
             });
         }
-        None => metrics.leading(),
+        None => {
+            metrics.leading();
+            leading.send_replace(true);
+        }
     }
 
     let (namespaces, namespace_changes) = watch_namespaces(client.clone(), scope.clone());
@@ -189,8 +194,11 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
             keys_synced.wait_for(scope_count).await;
             info!("all watches synced");
             metrics.watches_synced();
-            // The first listings were decoded and their keys are being reconciled on several
-            // threads; what they freed goes back to the system once that is over.
+            // The first listings were decoded, and once this replica leads every key is
+            // reconciled, on several threads; what they freed goes back to the system after that.
+            if became_leader.wait_for(|leading| *leading).await.is_err() {
+                return;
+            }
             tokio::time::sleep(RELEASE_AFTER_SYNC).await;
             crate::allocator::release_free_memory();
         });
@@ -406,9 +414,10 @@ fn watch_namespaces(
     (reader, changes)
 }
 
-/// How long after its watches have synced the process hands the memory freed by decoding the first
-/// listings and reconciling every key back to the system ([`crate::allocator`]): at 1000 keys the
-/// reconciles of a restart are over within a second (`cargo bench --bench scale`).
+/// How long after its watches have synced and it leads the process hands the memory freed by
+/// decoding the first listings and reconciling every key back to the system
+/// ([`crate::allocator`]): at 1000 keys those reconciles are over within a second of both
+/// (`cargo bench --bench scale`).
 const RELEASE_AFTER_SYNC: Duration = Duration::from_secs(10);
 
 /// Objects per page of a watch's initial list (and of a relist). A page is held whole while it is
