@@ -7,11 +7,10 @@
 //! 30.0 to 32.1 MiB over three restarts (34 to 37 MiB in a bench run), against 28.4 to 28.9 MiB
 //! with `malloc_trim` (which hands back every whole free page of every arena) 8 s after start. The
 //! operator calls it once its first listings are reconciled and after each housekeeping round
-//! (`run`). Capping the arenas at the cores (`M_ARENA_MAX` 2) held the same 28 MiB, but makes the
-//! runtime's and the key generation's threads share two arenas for the process's whole life: a
-//! storm of 1000 keys took 73.8 s of operator CPU (median of six runs) against 71.4 s (four), and
-//! a bench run all Ready 1.61 x its floor against 1.35 and 1.46 before. A trim costs one walk of
-//! the heap now and then.
+//! (`run`). Capping the arenas at the cores (`M_ARENA_MAX` 2) held the same 28 MiB with no CPU
+//! cost that storms could tell apart from their spread, but makes the runtime's and the key
+//! generation's threads share two arenas for the process's whole life; a trim leaves allocation as
+//! it was, costs one walk of the heap now and then, and also returns what a storm freed.
 
 /// Hands every whole free page of the heap back to the system (glibc's `malloc_trim`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
