@@ -580,7 +580,7 @@ async fn controller_for<S, C>(
         None => Api::all(client.clone()),
     };
     let (store, writer) = reflector::store();
-    let seen = context.clone();
+    let (seen, scope) = (context.clone(), namespace.clone());
     let keys = keys_synced
         .track(
             reflector::reflector(
@@ -589,7 +589,7 @@ async fn controller_for<S, C>(
                     |jsk: &mut JwtSigningKey| controller::strip_bookkeeping(&mut jsk.metadata),
                 ),
             )
-            .inspect_ok(move |event| seen.key_event(event)),
+            .inspect_ok(move |event| seen.key_event(scope.as_deref(), event)),
         )
         .backoff(WatchBackoff::default())
         .applied_objects()

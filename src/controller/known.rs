@@ -27,16 +27,37 @@ impl Gone {
     }
 }
 
-/// The keys the watch has shown, by uid, and the uids of a listing in progress.
+/// The keys each watch has shown. The operator runs one JwtSigningKey watch per watched namespace
+/// (or one for the cluster), each listing only its own scope.
 #[derive(Debug, Default)]
 pub(crate) struct KnownKeys {
+    scopes: HashMap<Option<String>, ScopeKeys>,
+}
+
+impl KnownKeys {
+    /// Takes one event of the watch of `scope` (a namespace, or `None` for the cluster) and
+    /// returns the keys it shows gone.
+    pub fn observe(
+        &mut self,
+        scope: Option<&str>,
+        event: &watcher::Event<JwtSigningKey>,
+    ) -> Vec<Gone> {
+        self.scopes
+            .entry(scope.map(str::to_string))
+            .or_default()
+            .observe(event)
+    }
+}
+
+/// The keys one watch has shown, by uid, and the uids of a listing in progress.
+#[derive(Debug, Default)]
+struct ScopeKeys {
     known: HashMap<String, (String, String)>,
     listing: Option<HashSet<String>>,
 }
 
-impl KnownKeys {
-    /// Takes one watch event and returns the keys it shows gone.
-    pub fn observe(&mut self, event: &watcher::Event<JwtSigningKey>) -> Vec<Gone> {
+impl ScopeKeys {
+    fn observe(&mut self, event: &watcher::Event<JwtSigningKey>) -> Vec<Gone> {
         match event {
             watcher::Event::Init => {
                 self.listing = Some(HashSet::new());
@@ -116,11 +137,11 @@ mod tests {
         let mut known = KnownKeys::default();
         assert!(
             known
-                .observe(&watcher::Event::Apply(key("a", "1")))
+                .observe(None, &watcher::Event::Apply(key("a", "1")))
                 .is_empty()
         );
         assert_eq!(
-            known.observe(&watcher::Event::Delete(key("a", "1"))),
+            known.observe(None, &watcher::Event::Delete(key("a", "1"))),
             vec![gone("a", "1")]
         );
     }
@@ -135,40 +156,78 @@ mod tests {
             watcher::Event::InitDone,
             watcher::Event::Apply(key("c", "3")),
         ] {
-            assert!(known.observe(&event).is_empty());
+            assert!(known.observe(None, &event).is_empty());
         }
         // The watch restarts with a fresh listing: b was deleted in the gap, and a was deleted and
         // created again under the same name (a new uid).
-        assert!(known.observe(&watcher::Event::Init).is_empty());
+        assert!(known.observe(None, &watcher::Event::Init).is_empty());
         assert!(
             known
-                .observe(&watcher::Event::InitApply(key("c", "3")))
+                .observe(None, &watcher::Event::InitApply(key("c", "3")))
                 .is_empty()
         );
         assert!(
             known
-                .observe(&watcher::Event::InitApply(key("a", "4")))
+                .observe(None, &watcher::Event::InitApply(key("a", "4")))
                 .is_empty()
         );
-        let mut gone_keys = known.observe(&watcher::Event::InitDone);
+        let mut gone_keys = known.observe(None, &watcher::Event::InitDone);
         gone_keys.sort_by(|x, y| x.uid.cmp(&y.uid));
         assert_eq!(gone_keys, vec![gone("a", "1"), gone("b", "2")]);
         // What stays known is what the listing held.
-        assert!(known.observe(&watcher::Event::Init).is_empty());
-        let mut gone_keys = known.observe(&watcher::Event::InitDone);
+        assert!(known.observe(None, &watcher::Event::Init).is_empty());
+        let mut gone_keys = known.observe(None, &watcher::Event::InitDone);
         gone_keys.sort_by(|x, y| x.uid.cmp(&y.uid));
         assert_eq!(gone_keys, vec![gone("c", "3"), gone("a", "4")]);
     }
 
     #[test]
-    fn the_first_listing_reports_nothing() {
+    fn the_watch_of_one_namespace_lists_only_its_own_keys() {
         let mut known = KnownKeys::default();
-        assert!(known.observe(&watcher::Event::Init).is_empty());
+        let mut other = key("b", "2");
+        other.metadata.namespace = Some("other".into());
+        for (scope, event) in [
+            (Some("team"), watcher::Event::Init),
+            (Some("other"), watcher::Event::Init),
+            (Some("team"), watcher::Event::InitApply(key("a", "1"))),
+            (Some("other"), watcher::Event::InitApply(other.clone())),
+            (Some("team"), watcher::Event::InitDone),
+            (Some("other"), watcher::Event::InitDone),
+            // The first watch lists again: the other namespace's key is not in its listing, and
+            // is not gone.
+            (Some("team"), watcher::Event::Init),
+            (Some("team"), watcher::Event::InitApply(key("a", "1"))),
+            (Some("team"), watcher::Event::InitDone),
+        ] {
+            assert!(
+                known.observe(scope, &event).is_empty(),
+                "{scope:?} {event:?}"
+            );
+        }
         assert!(
             known
-                .observe(&watcher::Event::InitApply(key("a", "1")))
+                .observe(Some("other"), &watcher::Event::Init)
                 .is_empty()
         );
-        assert!(known.observe(&watcher::Event::InitDone).is_empty());
+        assert_eq!(
+            known.observe(Some("other"), &watcher::Event::InitDone),
+            vec![Gone {
+                uid: "2".into(),
+                namespace: "other".into(),
+                name: "b".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn the_first_listing_reports_nothing() {
+        let mut known = KnownKeys::default();
+        assert!(known.observe(None, &watcher::Event::Init).is_empty());
+        assert!(
+            known
+                .observe(None, &watcher::Event::InitApply(key("a", "1")))
+                .is_empty()
+        );
+        assert!(known.observe(None, &watcher::Event::InitDone).is_empty());
     }
 }

@@ -248,11 +248,16 @@ impl Context {
     /// Called for every event of the JwtSigningKey watch: forgets the keys it shows gone, by a
     /// delete or by a fresh listing without them ([`Context::deleted`]), and ages the records of
     /// status writes ([`Context::watched`]).
-    pub fn key_event(&self, event: &watcher::Event<JwtSigningKey>) {
+    /// `scope` is the watch's namespace, `None` for the cluster.
+    pub fn key_event(&self, scope: Option<&str>, event: &watcher::Event<JwtSigningKey>) {
         if let watcher::Event::Apply(jsk) | watcher::Event::InitApply(jsk) = event {
             self.watched(jsk);
         }
-        let gone = self.known.lock().expect("known keys lock").observe(event);
+        let gone = self
+            .known
+            .lock()
+            .expect("known keys lock")
+            .observe(scope, event);
         for key in gone {
             self.deleted(&key);
         }
