@@ -4,8 +4,8 @@
 //! an arena goes back to the system only when whole pages at the top of its heap are free. A
 //! restart decodes the first listing of every watch and reconciles every key on several threads at
 //! once: at 1000 keys in one namespace the freed pages stayed, and the RSS 15 s after a restart was
-//! 30.0 to 32.1 MiB over three restarts (34 to 37 MiB in a bench run), against 28.4 to 28.9 MiB
-//! with `malloc_trim` (which hands back every whole free page of every arena) 8 s after start. The
+//! 30.0 to 33.4 MiB over six restarts (34 to 37 MiB in a bench run), against 28.0 to 28.9 MiB over
+//! eight with `malloc_trim` (which hands back every whole free page of every arena). The
 //! operator calls it once its first listings are reconciled and after each housekeeping round
 //! (`run`). Capping the arenas at the cores (`M_ARENA_MAX` 2) held the same 28 MiB with no CPU
 //! cost that storms could tell apart from their spread, but makes the runtime's and the key
