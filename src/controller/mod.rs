@@ -419,7 +419,7 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
         finalizer(&api, FINALIZER, jsk.clone(), |event| async {
             match event {
                 Finalizer::Apply(jsk) => apply(&jsk, &ctx, copies).await,
-                Finalizer::Cleanup(jsk) => cleanup(&jsk, &ctx).await,
+                Finalizer::Cleanup(jsk) => cleanup(&jsk, &ctx, copies).await,
             }
         })
         .await
@@ -429,7 +429,7 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
             other => Error::Finalizer(other.to_string()),
         })
     } else if deleting {
-        cleanup(&jsk, &ctx).await
+        cleanup(&jsk, &ctx, copies).await
     } else {
         apply(&jsk, &ctx, copies).await
     };
@@ -1221,17 +1221,15 @@ fn publishes_copies(jsk: &JwtSigningKey, copies: &[ConfigMap]) -> bool {
     selects || !copies.is_empty()
 }
 
-/// Removes the ConfigMap copies in other namespaces; objects in the JwtSigningKey's own namespace go
-/// with it through their ownerReferences.
-async fn cleanup(jsk: &JwtSigningKey, ctx: &Context) -> Result<Action> {
+/// Removes the ConfigMap `copies` in other namespaces ([`Reconciliation::list_copies`]); objects in
+/// the JwtSigningKey's own namespace go with it through their ownerReferences.
+async fn cleanup(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Result<Action> {
     let run = Reconciliation {
         jsk,
         ctx,
         namespace: jsk.namespace().unwrap_or_default(),
     };
-    ctx.secrets.wait_until_ready().await;
-    ctx.config_maps.wait_until_ready().await;
-    for copy in run.list_copies() {
+    for copy in copies {
         run.delete_config_map(&copy.namespace().unwrap_or_default(), &copy.name_any())
             .await?;
     }
