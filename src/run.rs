@@ -97,22 +97,17 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
     // reconciles wait for the Lease (see `controller::reconcile`): a replica that takes over, after a
     // crash too, starts from synced caches instead of listing everything then.
     let fence = elector.as_ref().map(|elector| elector.fence());
-    let (leading, mut became_leader) = tokio::sync::watch::channel(false);
     match &elector {
         Some(elector) => {
             let (elector, metrics) = (elector.clone(), metrics.clone());
             tokio::spawn(async move {
                 elector.acquire().await;
                 metrics.leading();
-                leading.send_replace(true);
                 elector.clone().keep_renewing();
                 release_on_signal(elector);
             });
         }
-        None => {
-            metrics.leading();
-            leading.send_replace(true);
-        }
+        None => metrics.leading(),
     }
 
     let (namespaces, namespace_changes) = watch_namespaces(client.clone(), scope.clone());
@@ -186,7 +181,7 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
         })
         .collect();
     {
-        let metrics = metrics.clone();
+        let (metrics, fence) = (metrics.clone(), context.fence.clone());
         let (secrets, config_maps) = (secrets.clone(), config_maps.clone());
         tokio::spawn(async move {
             secrets.wait_until_ready().await;
@@ -196,8 +191,8 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
             metrics.watches_synced();
             // The first listings were decoded, and once this replica leads every key is
             // reconciled, on several threads; what they freed goes back to the system after that.
-            if became_leader.wait_for(|leading| *leading).await.is_err() {
-                return;
+            if let Some(fence) = &fence {
+                fence.wait_led().await;
             }
             tokio::time::sleep(RELEASE_AFTER_SYNC).await;
             crate::allocator::release_free_memory();
