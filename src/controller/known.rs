@@ -83,20 +83,12 @@ impl ScopeKeys {
                 let Some(listed) = self.listing.take() else {
                     return Vec::new();
                 };
-                let gone: Vec<String> = self
-                    .known
-                    .keys()
-                    .filter(|uid| !listed.contains(*uid))
-                    .cloned()
-                    .collect();
-                gone.into_iter()
-                    .filter_map(|uid| {
-                        let (namespace, name) = self.known.remove(&uid)?;
-                        Some(Gone {
-                            uid,
-                            namespace,
-                            name,
-                        })
+                self.known
+                    .extract_if(|uid, _| !listed.contains(uid))
+                    .map(|(uid, (namespace, name))| Gone {
+                        uid,
+                        namespace,
+                        name,
                     })
                     .collect()
             }
