@@ -358,20 +358,24 @@ fn watch_namespaces(
     let (reader, writer) = reflector::store();
     let (changes, _) = broadcast::channel(64);
     let sender = changes.clone();
-    let stream = reflector::reflector(
-        writer,
-        watcher(Api::<PartialObjectMeta<Namespace>>::all(client), config)
-            .modify(controller::strip_namespace)
-            .try_filter(move |event| {
-                std::future::ready(match event {
-                    watcher::Event::Apply(ns)
-                    | watcher::Event::InitApply(ns)
-                    | watcher::Event::Delete(ns) => in_scope(ns),
-                    watcher::Event::Init | watcher::Event::InitDone => true,
-                })
-            }),
+    // Publication to other namespaces lags while this watch fails.
+    let events = retried(
+        "namespaces".into(),
+        reflector::reflector(
+            writer,
+            watcher(Api::<PartialObjectMeta<Namespace>>::all(client), config)
+                .modify(controller::strip_namespace)
+                .try_filter(move |event| {
+                    std::future::ready(match event {
+                        watcher::Event::Apply(ns)
+                        | watcher::Event::InitApply(ns)
+                        | watcher::Event::Delete(ns) => in_scope(ns),
+                        watcher::Event::Init | watcher::Event::InitDone => true,
+                    })
+                }),
+        ),
     )
-    .backoff(WatchBackoff::default());
+    .filter_map(|event| std::future::ready(event.ok()));
     tokio::spawn(async move {
         // What publication depends on: labels (selectors), consent, and whether it is terminating.
         type Seen = (Option<BTreeMap<String, String>>, Option<String>, bool);
@@ -383,26 +387,23 @@ fn watch_namespaces(
             )
         };
         let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
             match event {
-                Ok(watcher::Event::Apply(ns)) => {
+                watcher::Event::Apply(ns) => {
                     let now = looks(&ns);
                     if seen.insert(ns.name_any(), now.clone()).as_ref() != Some(&now) {
                         let _ = sender.send(());
                     }
                 }
-                Ok(watcher::Event::InitApply(ns)) => {
+                watcher::Event::InitApply(ns) => {
                     seen.insert(ns.name_any(), looks(&ns));
                 }
-                Ok(watcher::Event::Delete(ns)) => {
+                watcher::Event::Delete(ns) => {
                     seen.remove(&ns.name_any());
                     let _ = sender.send(());
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(error = %e, "namespace watch failed; publication to other namespaces may lag")
-                }
+                watcher::Event::Init | watcher::Event::InitDone => {}
             }
         }
     });
@@ -426,10 +427,59 @@ pub(crate) fn watch_config() -> watcher::Config {
     watcher::Config::default().page_size(LIST_PAGE_SIZE)
 }
 
+/// A watch's events as the operator consumes them: retried on a schedule of the watch's own
+/// ([`WatchBackoff`]), errors logged here and never passed on.
+///
+/// The controller pauses all its triggers for each error it receives, and ends that pause only when
+/// an object comes through: with its five watches refused at once (a restarted API server before its
+/// RBAC caches are filled), the refusals queued up behind one another and held back every watch,
+/// and the keys created meanwhile, for many seconds after the API server authorized the operator
+/// again (`tests/outage.rs`).
+///
+/// A listing that completes ends the backoff; one that only starts (`Init`) does not, so that a list
+/// that keeps failing is retried less and less often. A watch the API server can no longer resume
+/// (410 Gone, as after its restart) lists again at the first delay: that is the normal way back,
+/// not a failure.
+pub(crate) fn retried<S, K>(
+    watch: String,
+    events: S,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<S, K>
+where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    K: Send,
+{
+    let backoff = WatchBackoff::default();
+    let gone = backoff.gone.clone();
+    events
+        .filter(|event| std::future::ready(!matches!(event, Ok(watcher::Event::Init))))
+        .inspect_err(move |e| {
+            if matches!(e, watcher::Error::WatchError(status) if status.code == 410) {
+                gone.store(true, Ordering::SeqCst);
+            }
+        })
+        .backoff(backoff)
+        .filter_map(move |event| {
+            std::future::ready(match event {
+                Ok(event) => Some(Ok(event)),
+                Err(e) => {
+                    warn!(watch = %watch, error = %e, "watch failed; retrying");
+                    None
+                }
+            })
+        })
+}
+
+/// How logs name a watch's scope.
+pub(crate) fn scope_name(namespace: Option<&str>) -> String {
+    namespace.map_or_else(|| "all namespaces".into(), |ns| format!("namespace {ns}"))
+}
+
 /// Watch retry delays: from 250 ms, doubling, capped at 5 s, so that watches recover within seconds of
-/// an API server restart without hammering one that is down.
+/// an API server restart without hammering one that is down. A 410 Gone (flagged in `gone` by
+/// [`retried`]) starts the sequence again.
 pub(crate) struct WatchBackoff {
     next: Duration,
+    gone: Arc<AtomicBool>,
 }
 
 impl WatchBackoff {
@@ -439,7 +489,10 @@ impl WatchBackoff {
 
 impl Default for WatchBackoff {
     fn default() -> Self {
-        WatchBackoff { next: Self::FIRST }
+        WatchBackoff {
+            next: Self::FIRST,
+            gone: Arc::default(),
+        }
     }
 }
 
@@ -447,6 +500,9 @@ impl Iterator for WatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
+        if self.gone.swap(false, Ordering::SeqCst) {
+            self.next = Self::FIRST;
+        }
         let delay = self.next;
         self.next = (self.next * 2).min(Self::MAX);
         Some(delay)
@@ -576,25 +632,24 @@ async fn controller_for<S, C>(
     };
     let (store, writer) = reflector::store();
     let (seen, scope) = (context.clone(), namespace.clone());
-    let keys = keys_synced
-        .track(
-            reflector::reflector(
-                writer,
-                watcher(jsk_api, watch_config().any_semantic()).modify(
-                    |jsk: &mut JwtSigningKey| controller::strip_bookkeeping(&mut jsk.metadata),
-                ),
-            )
-            .inspect_ok(move |event| seen.key_event(scope.as_deref(), event)),
+    let keys = keys_synced.track(
+        reflector::reflector(
+            writer,
+            watcher(jsk_api, watch_config().any_semantic())
+                .modify(|jsk: &mut JwtSigningKey| controller::strip_bookkeeping(&mut jsk.metadata)),
         )
-        .backoff(WatchBackoff::default())
-        .applied_objects()
-        .predicate_filter(reconcile_worthy, Default::default());
-    // Errors from any watch pause every trigger of the controller: cap that pause too.
-    let controller = Controller::for_stream(keys, store.clone())
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
-        )
-        .trigger_backoff(WatchBackoff::default());
+        .inspect_ok(move |event| seen.key_event(scope.as_deref(), event)),
+    );
+    let keys = retried(
+        format!("JwtSigningKeys in {}", scope_name(namespace.as_deref())),
+        keys,
+    )
+    .applied_objects()
+    .predicate_filter(reconcile_worthy, Default::default());
+    // No watch passes its errors on ([`retried`]): nothing pauses the controller's triggers.
+    let controller = Controller::for_stream(keys, store.clone()).with_config(
+        kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+    );
 
     // Secrets and ConfigMaps are matched by name, so that a conflicting object that goes away frees
     // the name at once. These streams carry metadata only: the operator never caches other
@@ -695,6 +750,95 @@ mod tests {
                 .body(Body::from(serde_json::to_vec(&status).unwrap()))
         });
         Client::new(service, "default")
+    }
+
+    /// What [`retried`] passes on, and how long it waits after each error before it polls its watch
+    /// again (on a paused clock).
+    async fn retry_schedule(
+        events: Vec<Result<watcher::Event<String>, watcher::Error>>,
+    ) -> (Vec<String>, Vec<Duration>) {
+        let start = tokio::time::Instant::now();
+        let polled = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = polled.clone();
+        let source = stream::iter(events).inspect(move |event| {
+            record
+                .lock()
+                .unwrap()
+                .push((start.elapsed(), event.is_err()))
+        });
+        let passed: Vec<String> = retried("test".into(), source)
+            .map(|event| format!("{:?}", event.expect("errors are not passed on")))
+            .collect()
+            .await;
+        // The delay between each error and the item after it.
+        let polled = polled.lock().unwrap().clone();
+        let delays = polled
+            .windows(2)
+            .filter(|w| w[0].1)
+            .map(|w| w[1].0 - w[0].0)
+            .collect();
+        (passed, delays)
+    }
+
+    fn failed() -> Result<watcher::Event<String>, watcher::Error> {
+        Err(watcher::Error::NoResourceVersion)
+    }
+
+    fn gone() -> Result<watcher::Event<String>, watcher::Error> {
+        Err(watcher::Error::WatchError(
+            kube::core::Status::failure("too old resource version: 401 (408)", "Expired")
+                .with_code(410)
+                .boxed(),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_that_keeps_failing_is_retried_less_and_less_often() {
+        use watcher::Event::{Init, InitApply, InitDone};
+        let (passed, gaps) = retry_schedule(vec![
+            Ok(Init),
+            failed(),
+            Ok(Init),
+            failed(),
+            Ok(Init),
+            failed(),
+            Ok(Init),
+            failed(),
+            Ok(Init),
+            Ok(InitApply("a".into())),
+            Ok(InitDone),
+            failed(),
+            failed(),
+        ])
+        .await;
+        let ms = Duration::from_millis;
+        // A list that only started does not count as progress; one that completed does.
+        assert_eq!(gaps, [ms(250), ms(500), ms(1000), ms(2000), ms(250)]);
+        assert_eq!(passed, [r#"InitApply("a")"#, "InitDone"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_the_api_server_cannot_resume_lists_again_at_the_first_delay() {
+        use watcher::Event::{Apply, Init, InitDone};
+        let (passed, gaps) = retry_schedule(vec![
+            failed(),
+            failed(),
+            failed(),
+            failed(),
+            failed(),
+            gone(),
+            Ok(Init),
+            Ok(InitDone),
+            Ok(Apply("b".into())),
+        ])
+        .await;
+        let ms = Duration::from_millis;
+        // The 410 after a run of refusals waits 250 ms, not 5 s.
+        assert_eq!(
+            gaps,
+            [ms(250), ms(500), ms(1000), ms(2000), ms(4000), ms(250)]
+        );
+        assert_eq!(passed, ["InitDone", r#"Apply("b")"#]);
     }
 
     #[tokio::test]

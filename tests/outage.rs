@@ -1,5 +1,6 @@
-//! End-to-end: an API server that hangs and then restarts. Alone in its test binary, because it
-//! stops the control plane every other test uses.
+//! End-to-end: an API server that hangs and then restarts, and one that refuses the operator for a
+//! while after its restart. Alone in their test binary, because they stop the control plane every
+//! other test uses; one at a time, for the same reason.
 
 mod common;
 mod support;
@@ -10,8 +11,17 @@ use std::{
 };
 
 use common::{install_crd, repo_root, with_temp_ns};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, Subject};
+use kube::{
+    Api, Resource,
+    api::{DeleteParams, ObjectMeta, PostParams},
+};
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 use support::*;
+
+/// Held by each test for its whole run: two API server restarts must not overlap.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn api_server_pid() -> i32 {
     std::fs::read_to_string(repo_root().join("target/control-plane/kube-apiserver.pid"))
@@ -27,6 +37,15 @@ fn signal(pid: i32, name: &str) {
         .status()
         .expect("running kill");
     assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Kills the API server and starts it again with the same flags; returns once it answers.
+fn restart_api_server() {
+    let restart = Command::new(repo_root().join("tests/control-plane/restart"))
+        .arg("kube-apiserver")
+        .status()
+        .expect("running tests/control-plane/restart");
+    assert!(restart.success(), "restarting the API server");
 }
 
 /// CPU time (user + system) the process has used so far.
@@ -51,6 +70,7 @@ fn cpu_time(pid: u32) -> Duration {
 
 #[tokio::test]
 async fn the_operator_survives_a_hung_and_restarted_api_server_and_recovers_within_seconds() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     with_temp_ns("outage", |ns| async move {
         install_crd(&ns.client).await;
         let mut operator = operator(&[&ns.name]);
@@ -72,11 +92,7 @@ async fn the_operator_survives_a_hung_and_restarted_api_server_and_recovers_with
         );
 
         // Then it is killed and started again with the same flags.
-        let restart = Command::new(repo_root().join("tests/control-plane/restart"))
-            .arg("kube-apiserver")
-            .status()
-            .expect("running tests/control-plane/restart");
-        assert!(restart.success(), "restarting the API server");
+        restart_api_server();
         let answering = Instant::now();
         create(&ns, &jsk("after", json!({}))).await;
         wait_ready(&ns, "after", "True", "KeysReady").await;
@@ -92,6 +108,130 @@ async fn the_operator_survives_a_hung_and_restarted_api_server_and_recovers_with
         assert!(
             recovered < Duration::from_secs(30),
             "watches recover within seconds ({recovered:?})"
+        );
+        assert!(operator.is_running(), "the operator never exited");
+        operator.kill();
+    })
+    .await;
+}
+
+/// The bindings in `api` that grant `username` its rights, taken away: returned as they were, to be
+/// created again.
+async fn take_bindings<K>(api: &Api<K>, username: &str) -> Vec<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K: Binding,
+{
+    let mut taken = Vec::new();
+    for binding in api
+        .list(&Default::default())
+        .await
+        .expect("listing bindings")
+    {
+        let grants = binding.subjects().iter().any(|s| {
+            s.kind == "ServiceAccount"
+                && format!(
+                    "system:serviceaccount:{}:{}",
+                    s.namespace.as_deref().unwrap_or_default(),
+                    s.name
+                ) == username
+        });
+        if grants {
+            let name = binding.meta().name.clone().expect("a binding's name");
+            api.delete(&name, &DeleteParams::default())
+                .await
+                .expect("deleting a binding");
+            let mut kept = binding.clone();
+            *kept.meta_mut() = ObjectMeta {
+                name: Some(name),
+                namespace: binding.meta().namespace.clone(),
+                labels: binding.meta().labels.clone(),
+                ..Default::default()
+            };
+            taken.push(kept);
+        }
+    }
+    taken
+}
+
+async fn give_back<K>(api: &Api<K>, bindings: Vec<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    for binding in bindings {
+        api.create(&PostParams::default(), &binding)
+            .await
+            .expect("creating a binding again");
+    }
+}
+
+trait Binding {
+    fn subjects(&self) -> &[Subject];
+}
+
+impl Binding for RoleBinding {
+    fn subjects(&self) -> &[Subject] {
+        self.subjects.as_deref().unwrap_or_default()
+    }
+}
+
+impl Binding for ClusterRoleBinding {
+    fn subjects(&self) -> &[Subject] {
+        self.subjects.as_deref().unwrap_or_default()
+    }
+}
+
+/// A restarted API server refuses every request of the operator until its RBAC caches are filled (12 s
+/// after a restart in CI, with the objects of the whole suite in etcd). Here the refusal is made to
+/// last that long by taking the operator's bindings away across the restart. Each watch retries on a
+/// schedule of its own: one refused watch must not hold back the others, nor the keys that were
+/// created meanwhile, once the rights are back.
+#[tokio::test]
+async fn watches_recover_within_seconds_when_the_restarted_api_server_refuses_the_operator_for_a_while()
+ {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    with_temp_ns("refused", |ns| async move {
+        install_crd(&ns.client).await;
+        let mut operator = operator(&[&ns.name]);
+        operator.tolerate_refusals();
+        create_ready(&ns, &jsk("before", json!({}))).await;
+        let username = operator.username();
+        let role_binding_api = Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name);
+        let cluster_role_binding_api = Api::<ClusterRoleBinding>::all(ns.client.clone());
+        let role_bindings = take_bindings(&role_binding_api, &username).await;
+        let cluster_role_bindings = take_bindings(&cluster_role_binding_api, &username).await;
+        assert!(
+            !role_bindings.is_empty(),
+            "the operator holds its rights through RoleBindings in {}",
+            ns.name
+        );
+
+        restart_api_server();
+        let refused_from = Instant::now();
+        // A key created while the operator is refused, and one created when its rights are back.
+        create(&ns, &jsk("during", json!({}))).await;
+        let refusal = Duration::from_secs(12);
+        tokio::time::sleep(refusal.saturating_sub(refused_from.elapsed())).await;
+        assert!(
+            operator.logs().contains("403"),
+            "the restarted API server refused the operator:\n{}",
+            operator.logs()
+        );
+        give_back(&role_binding_api, role_bindings).await;
+        give_back(&cluster_role_binding_api, cluster_role_bindings).await;
+        let authorized = Instant::now();
+        create(&ns, &jsk("after", json!({}))).await;
+        wait_ready(&ns, "during", "True", "KeysReady").await;
+        wait_ready(&ns, "after", "True", "KeysReady").await;
+        let recovered = authorized.elapsed();
+        eprintln!(
+            "figure: after {refusal:?} of refusals by the restarted API server, the keys created during \
+             and after them were Ready {recovered:.1?} after the operator's rights were back"
+        );
+        // Every watch retries at least every 5 s; a reconcile takes well under a second.
+        assert!(
+            recovered < Duration::from_secs(10),
+            "watches recover within seconds of the rights coming back ({recovered:?})"
         );
         assert!(operator.is_running(), "the operator never exited");
         operator.kill();

@@ -39,7 +39,7 @@ use super::Found;
 use crate::{
     crd::JwtSigningKey,
     resources::{self, MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_ANNOTATION},
-    run::{WatchBackoff, watch_config},
+    run::{retried, scope_name, watch_config},
 };
 
 /// How long a written object is preferred to the cache when its watch event does not arrive (a
@@ -167,31 +167,27 @@ where
         let (managed_store, managed_writer) = reflector::store();
         let meta_api: Api<PartialObjectMeta<K>> = scoped(client, namespace);
         let managed_api: Api<K> = scoped(client, namespace);
+        let (kind, scope) = (K::kind(&()), scope_name(namespace));
         // Tracked after the reflector: a listing counts once its objects are in the store.
-        let meta = self
-            .synced
-            .track(reflector::reflector(
-                meta_writer,
-                watcher::watcher(
-                    meta_api,
-                    watch_config().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}")),
-                )
-                .modify(|m: &mut PartialObjectMeta<K>| keep_ownership_only(&mut m.metadata)),
-            ))
-            .backoff(WatchBackoff::default())
-            .touched_objects();
-        let managed = self
-            .synced
-            .track(reflector::reflector(
-                managed_writer,
-                watcher::watcher(
-                    managed_api,
-                    watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-                )
-                .modify(|o: &mut K| strip_bookkeeping(o.meta_mut())),
-            ))
-            .backoff(WatchBackoff::default())
-            .touched_objects();
+        let meta = self.synced.track(reflector::reflector(
+            meta_writer,
+            watcher::watcher(
+                meta_api,
+                watch_config().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}")),
+            )
+            .modify(|m: &mut PartialObjectMeta<K>| keep_ownership_only(&mut m.metadata)),
+        ));
+        let meta = retried(format!("other {kind}s in {scope}"), meta).touched_objects();
+        let managed = self.synced.track(reflector::reflector(
+            managed_writer,
+            watcher::watcher(
+                managed_api,
+                watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+            )
+            .modify(|o: &mut K| strip_bookkeeping(o.meta_mut())),
+        ));
+        let managed =
+            retried(format!("the operator's {kind}s in {scope}"), managed).touched_objects();
         self.meta.insert(scope_key(namespace), meta_store);
         self.managed.insert(scope_key(namespace), managed_store);
         Streams { meta, managed }
