@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::{install_crd, wait_for, with_temp_ns};
-use jwt_key_operator::crd::KeyState;
+use jwt_key_operator::crd::{JwtSigningKey, KeyState};
 use serde_json::json;
 use support::*;
 
@@ -180,15 +180,19 @@ async fn a_restart_during_p_does_not_start_p_again() {
                 .map(|v| v.at)
         };
         let published = first_holding("ConfigMap").unwrap();
-        wait_status(&ns, "auth", "the next key in the status", REACT, |k| {
-            let status = k.status.as_ref();
-            status.is_some_and(|s| {
-                s.keys
-                    .iter()
-                    .any(|e| e.kid == next && e.state == KeyState::Next)
-            })
+        let created_at = |key: &JwtSigningKey| {
+            key.status
+                .as_ref()?
+                .keys
+                .iter()
+                .find(|e| e.kid == next)
+                .map(|e| (e.state, e.created_at.clone()))
+        };
+        let shown = wait_status(&ns, "auth", "the next key in the status", REACT, |k| {
+            created_at(k).is_some_and(|(state, _)| state == KeyState::Next)
         })
         .await;
+        let (_, published_since) = created_at(&shown).unwrap();
         // Halfway through P: a crash and a restart.
         tokio::time::sleep_until((published + P_LONG / 2).into()).await;
         operator.restart();
@@ -204,13 +208,28 @@ async fn a_restart_during_p_does_not_start_p_again() {
         );
         let l_plus_p = P_LONG + Duration::from_secs(10);
         history.check_invariants(P_LONG, l_plus_p, SLACK, std::slice::from_ref(&first), &[]);
-        // The status rounds the instant up to a second, and activations wait 1 s more for clock
+        // The status shows the instant to the second, taken as its last instant, and activations wait 1 s more for clock
         // skew between replicas: about P + 2 s. Counting P again from the restart would take
         // P + P/2.
         assert!(
             after_publication < P_LONG + Duration::from_secs(4),
             "the next key signed {after_publication:?} after publication (P = {P_LONG:?}): P \
              started again at the restart"
+        );
+        // The instant the restarted process took from the status is the one it shows: a restart
+        // does not move it.
+        let signing = wait_status(
+            &ns,
+            "auth",
+            "the next key active in the status",
+            REACT,
+            |k| created_at(k).is_some_and(|(state, _)| state == KeyState::Active),
+        )
+        .await;
+        assert_eq!(
+            created_at(&signing).unwrap().1,
+            published_since,
+            "the key's createdAt after a restart during P"
         );
         // The rotation wrote the Secret twice: the next key saved, then switched to.
         assert_eq!(

@@ -59,8 +59,10 @@ fn parse_time(value: Option<&str>) -> Option<Timestamp> {
 
 /// Since when a pending key has been published everywhere, according to the status: a process
 /// that did not see it published (after a restart or a failover) finds it there. The status shows
-/// a key as `Next` only once every target held it, with that instant, in whole seconds, as
-/// `createdAt`: it is rounded up a second, is never before the key was generated, nor after `now`.
+/// a key as `Next` only once every target held it, with that instant, in whole seconds (cut, not
+/// rounded), as `createdAt`. The instant taken is the last one of that second, so never earlier
+/// than the real one, and shown as the same `createdAt` again: a restart neither moves it nor
+/// writes the status. It is never before the key was generated, nor after `now`.
 pub fn published_next_since(
     status: &JwtSigningKeyStatus,
     pending: &PendingKey,
@@ -72,7 +74,7 @@ pub fn published_next_since(
         .find(|e| e.kid == pending.jwk.kid && e.state == KeyState::Next)?;
     let at = plus(
         parse_time(Some(&entry.created_at))?,
-        SignedDuration::from_secs(1),
+        SignedDuration::from_secs(1) - SignedDuration::from_nanos(1),
     );
     Some(at.max(pending.generated_at).min(now))
 }

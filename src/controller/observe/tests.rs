@@ -340,7 +340,7 @@ fn the_revoked_list_is_bounded_and_forgets_kids_that_can_no_longer_appear() {
 }
 
 #[test]
-fn a_restarted_process_counts_a_published_next_key_from_the_status_rounded_up() {
+fn a_restarted_process_counts_a_published_next_key_from_the_end_of_the_status_second() {
     let pair = &pairs(1)[0];
     let pending = PendingKey {
         jwk: pair.jwk.clone(),
@@ -368,10 +368,16 @@ fn a_restarted_process_counts_a_published_next_key_from_the_status_rounded_up() 
     );
     assert_eq!(
         since,
-        Some(now() - SignedDuration::from_secs(19)),
-        "rounded up, never earlier"
+        Some(now() - SignedDuration::from_secs(19) - SignedDuration::from_nanos(1)),
+        "the last instant of that second, never earlier"
     );
     assert!(since.unwrap() >= published);
+    // Shown again as it was: a restart does not move it.
+    assert_eq!(
+        rfc3339_secs(since.unwrap()),
+        rfc3339_secs(published),
+        "the status's createdAt after a restart"
+    );
     // Never before the key was generated (a status restored from an older backup), nor in the future.
     let restored = now() - SignedDuration::from_secs(3600);
     assert_eq!(
