@@ -208,9 +208,9 @@ async fn a_restart_during_p_does_not_start_p_again() {
         );
         let l_plus_p = P_LONG + Duration::from_secs(10);
         history.check_invariants(P_LONG, l_plus_p, SLACK, std::slice::from_ref(&first), &[]);
-        // The status shows the instant to the second, taken as its last instant, and activations wait 1 s more for clock
-        // skew between replicas: about P + 2 s. Counting P again from the restart would take
-        // P + P/2.
+        // The status shows the instant to the second (taken back as that second's last instant),
+        // and activations wait 1 s more for clock skew between replicas: about P + 2 s. Counting P
+        // again from the restart would take P + P/2.
         assert!(
             after_publication < P_LONG + Duration::from_secs(4),
             "the next key signed {after_publication:?} after publication (P = {P_LONG:?}): P \
