@@ -424,8 +424,24 @@ pub(crate) const LIST_PAGE_SIZE: u32 = 100;
 
 /// The configuration every watch of the operator starts from.
 pub(crate) fn watch_config() -> watcher::Config {
-    watcher::Config::default().page_size(LIST_PAGE_SIZE)
+    watcher::Config::default()
+        .page_size(LIST_PAGE_SIZE)
+        .timeout(watch_timeout())
 }
+
+/// Seconds after which the API server ends a watch (which then resumes from where it was), drawn
+/// for each watch between 5 and 10 minutes as client-go's reflectors do. With kube's fixed 290 s,
+/// the thousands of watches of an operator that watches a thousand namespaces, all opened within
+/// seconds, all ended and were opened again within seconds of each other every 290 s
+/// (`cargo bench --bench scale`).
+fn watch_timeout() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh `RandomState` is randomly keyed: its hash of nothing is a random number.
+    let random = std::hash::RandomState::new().build_hasher().finish();
+    WATCH_TIMEOUT_MIN + (random % u64::from(WATCH_TIMEOUT_MIN)) as u32
+}
+
+const WATCH_TIMEOUT_MIN: u32 = 300;
 
 /// A watch's events as the operator consumes them: retried on a schedule of the watch's own
 /// ([`WatchBackoff`]), errors logged here and never passed on.
@@ -839,6 +855,23 @@ mod tests {
             [ms(250), ms(500), ms(1000), ms(2000), ms(4000), ms(250)]
         );
         assert_eq!(passed, ["InitDone", r#"Apply("b")"#]);
+    }
+
+    #[test]
+    fn watches_end_at_times_spread_between_5_and_10_minutes() {
+        let timeouts: std::collections::BTreeSet<u32> = (0..200).map(|_| watch_timeout()).collect();
+        assert!(
+            timeouts.iter().all(|t| (300..600).contains(t)),
+            "{timeouts:?}"
+        );
+        // 200 draws from 300 values: fewer than 100 distinct ones would be a broken draw.
+        assert!(timeouts.len() > 100, "{timeouts:?}");
+        assert!(
+            watch_config()
+                .timeout
+                .is_some_and(|t| (300..600).contains(&t)),
+            "every watch of the operator gets such a timeout"
+        );
     }
 
     #[tokio::test]

@@ -444,6 +444,7 @@ async fn after_downtime_the_operator_catches_up_late_never_early() {
 async fn an_idle_operator_writes_nothing() {
     with_temp_ns("rot-idle", |ns| async move {
         install_crd(&ns.client).await;
+        let started = std::time::SystemTime::now();
         let operator = operator(&[&ns.name]);
         create(&ns, &jsk("auth", json!({}))).await;
         wait_ready(&ns, "auth", "True", "KeysReady").await;
@@ -482,6 +483,37 @@ async fn an_idle_operator_writes_nothing() {
         assert!(
             (2_590_000.0..=2_591_100.0).contains(&seconds),
             "requeue in {seconds}s: {last}"
+        );
+
+        // Idle watches are ended by the API server and opened again; each watch asks for its own
+        // timeout, so that an operator's watches are not all opened again at the same moment.
+        let Some(audit) = common::AuditLog::open() else {
+            eprintln!("skipped the watch timeouts: this control plane keeps no audit log");
+            return;
+        };
+        let user = operator.username();
+        let timeouts = wait_for("the operator's six watches in the audit log", REACT, || {
+            let watches: Vec<u32> = audit
+                .requests(&user, started, std::time::SystemTime::now())
+                .iter()
+                .filter(|r| r.verb == "watch")
+                .filter_map(|r| {
+                    r.request_uri
+                        .split(['?', '&'])
+                        .find_map(|p| p.strip_prefix("timeoutSeconds="))
+                        .and_then(|t| t.parse().ok())
+                })
+                .collect();
+            async move { (watches.len() >= 6).then_some(watches) }
+        })
+        .await;
+        assert!(
+            timeouts.iter().all(|t| (300..600).contains(t)),
+            "watch timeouts between 5 and 10 minutes: {timeouts:?}"
+        );
+        assert!(
+            timeouts.iter().any(|t| *t != timeouts[0]),
+            "watch timeouts drawn for each watch: {timeouts:?}"
         );
     })
     .await;

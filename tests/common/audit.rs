@@ -47,6 +47,8 @@ pub struct Request {
     pub completed: SystemTime,
     /// `responseStatus.code` of its last recorded stage.
     pub code: Option<u16>,
+    /// Path and query (`/api/v1/namespaces/a/secrets?watch=true&timeoutSeconds=412...`).
+    pub request_uri: String,
 }
 
 impl Request {
@@ -213,6 +215,7 @@ fn parse(line: &str) -> Option<Request> {
         code: event["responseStatus"]["code"]
             .as_u64()
             .and_then(|c| u16::try_from(c).ok()),
+        request_uri: text(&event["requestURI"]),
     })
 }
 
