@@ -40,7 +40,7 @@ struct SizeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct WriteLabels {
+struct ResourceLabels {
     resource: String,
 }
 
@@ -52,7 +52,8 @@ pub struct Metrics {
     reconcile_errors: Family<ErrorLabels, Counter>,
     next_rotation: Family<KeyLabels, Gauge<f64, AtomicU64>>,
     published_keys: Family<KeyLabels, Gauge>,
-    api_writes: Family<WriteLabels, Counter>,
+    api_writes: Family<ResourceLabels, Counter>,
+    watch_errors: Family<ResourceLabels, Counter>,
     watches_synced: Gauge,
     leader: Gauge,
 }
@@ -67,7 +68,8 @@ impl Default for Metrics {
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let next_rotation = Family::<KeyLabels, Gauge<f64, AtomicU64>>::default();
         let published_keys = Family::<KeyLabels, Gauge>::default();
-        let api_writes = Family::<WriteLabels, Counter>::default();
+        let api_writes = Family::<ResourceLabels, Counter>::default();
+        let watch_errors = Family::<ResourceLabels, Counter>::default();
         let watches_synced = Gauge::default();
         let leader = Gauge::default();
         registry.register(
@@ -101,6 +103,12 @@ impl Default for Metrics {
             api_writes.clone(),
         );
         registry.register(
+            "jwtkeys_watch_errors",
+            "Failed lists and watches, by resource; each watch retries on its own, and what it \
+             caches is stale until it succeeds",
+            watch_errors.clone(),
+        );
+        registry.register(
             "jwtkeys_watches_synced",
             "1 once every watch has listed its objects and reconciles read from the caches",
             watches_synced.clone(),
@@ -118,6 +126,7 @@ impl Default for Metrics {
             next_rotation,
             published_keys,
             api_writes,
+            watch_errors,
             watches_synced,
             leader,
         }
@@ -197,7 +206,16 @@ impl Metrics {
     /// Counts one write to the API server.
     pub fn api_write(&self, resource: &str) {
         self.api_writes
-            .get_or_create(&WriteLabels {
+            .get_or_create(&ResourceLabels {
+                resource: resource.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed list or watch of `resource` (plural, e.g. `secrets`).
+    pub fn watch_error(&self, resource: &str) {
+        self.watch_errors
+            .get_or_create(&ResourceLabels {
                 resource: resource.into(),
             })
             .inc();

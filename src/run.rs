@@ -110,7 +110,8 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
         None => metrics.leading(),
     }
 
-    let (namespaces, namespace_changes) = watch_namespaces(client.clone(), scope.clone());
+    let (namespaces, namespace_changes) =
+        watch_namespaces(client.clone(), scope.clone(), metrics.clone());
     // Publication targets come from this store: an empty store before the first list would look
     // like "no namespace matches" and withdraw every copy.
     namespaces
@@ -128,8 +129,8 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
     let mut config_maps = Cached::<ConfigMap>::default();
     let mut streams = Vec::new();
     for namespace in &scopes {
-        let secret_streams = secrets.watch(&client, namespace.as_deref());
-        let config_map_streams = config_maps.watch(&client, namespace.as_deref());
+        let secret_streams = secrets.watch(&client, namespace.as_deref(), &metrics);
+        let config_map_streams = config_maps.watch(&client, namespace.as_deref(), &metrics);
         streams.push((namespace.clone(), secret_streams, config_map_streams));
     }
     let (secrets, config_maps) = (Arc::new(secrets), Arc::new(config_maps));
@@ -338,6 +339,7 @@ const NAMESPACE_SELECTOR_MAX: usize = 100;
 fn watch_namespaces(
     client: Client,
     scope: Option<Vec<String>>,
+    metrics: Arc<Metrics>,
 ) -> (Store<PartialObjectMeta<Namespace>>, broadcast::Sender<()>) {
     // Namespaces outside the scope are never targets: neither the store nor the task below keeps
     // them (1000 of them cost 3-4 MiB), and a short scope is selected by the API server itself
@@ -360,7 +362,11 @@ fn watch_namespaces(
     let sender = changes.clone();
     // Publication to other namespaces lags while this watch fails.
     let events = retried(
-        "namespaces".into(),
+        Watch {
+            description: "namespaces".into(),
+            resource: "namespaces".into(),
+            metrics,
+        },
         reflector::reflector(
             writer,
             watcher(Api::<PartialObjectMeta<Namespace>>::all(client), config)
@@ -457,7 +463,7 @@ const WATCH_TIMEOUT_MIN: u32 = 300;
 /// (410 Gone, as after its restart) lists again at the first delay: that is the normal way back,
 /// not a failure.
 pub(crate) fn retried<S, K>(
-    watch: String,
+    watch: Watch,
     events: S,
 ) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<S, K>
 where
@@ -478,11 +484,19 @@ where
             std::future::ready(match event {
                 Ok(event) => Some(Ok(event)),
                 Err(e) => {
-                    warn!(watch = %watch, error = %e, "watch failed; retrying");
+                    warn!(watch = %watch.description, error = %e, "watch failed; retrying");
+                    watch.metrics.watch_error(&watch.resource);
                     None
                 }
             })
         })
+}
+
+/// A watch as logs (`description`) and metrics (`resource`, plural) name it.
+pub(crate) struct Watch {
+    pub description: String,
+    pub resource: String,
+    pub metrics: Arc<Metrics>,
 }
 
 /// How logs name a watch's scope.
@@ -657,7 +671,11 @@ async fn controller_for<S, C>(
         .inspect_ok(move |event| seen.key_event(scope.as_deref(), event)),
     );
     let keys = retried(
-        format!("JwtSigningKeys in {}", scope_name(namespace.as_deref())),
+        Watch {
+            description: format!("JwtSigningKeys in {}", scope_name(namespace.as_deref())),
+            resource: "jwtsigningkeys".into(),
+            metrics: context.metrics.clone(),
+        },
         keys,
     )
     .applied_objects()
@@ -773,6 +791,8 @@ mod tests {
     async fn retry_schedule(
         events: Vec<Result<watcher::Event<String>, watcher::Error>>,
     ) -> (Vec<String>, Vec<Duration>) {
+        let errors = events.iter().filter(|e| e.is_err()).count();
+        let metrics = Arc::new(Metrics::default());
         let start = tokio::time::Instant::now();
         let polled = Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = polled.clone();
@@ -782,7 +802,12 @@ mod tests {
                 .unwrap()
                 .push((start.elapsed(), event.is_err()))
         });
-        let passed: Vec<String> = retried("test".into(), source)
+        let watch = Watch {
+            description: "a test watch".into(),
+            resource: "tests".into(),
+            metrics: metrics.clone(),
+        };
+        let passed: Vec<String> = retried(watch, source)
             .map(|event| format!("{:?}", event.expect("errors are not passed on")))
             .collect()
             .await;
@@ -793,6 +818,13 @@ mod tests {
             .filter(|w| w[0].1)
             .map(|w| w[1].0 - w[0].0)
             .collect();
+        assert!(
+            metrics.render().contains(&format!(
+                "jwtkeys_watch_errors_total{{resource=\"tests\"}} {errors}\n"
+            )),
+            "every error counted: {}",
+            metrics.render()
+        );
         (passed, delays)
     }
 

@@ -233,6 +233,18 @@ async fn watches_recover_within_seconds_when_the_restarted_api_server_refuses_th
             recovered < Duration::from_secs(10),
             "watches recover within seconds of the rights coming back ({recovered:?})"
         );
+        let text = metrics(&operator).await;
+        for resource in ["jwtsigningkeys", "secrets", "configmaps", "namespaces"] {
+            let errors = metric_sum(
+                &text,
+                "jwtkeys_watch_errors_total",
+                &format!("resource=\"{resource}\""),
+            );
+            assert!(
+                errors >= 1.0,
+                "the refused watches of {resource} are counted:\n{text}"
+            );
+        }
         assert!(operator.is_running(), "the operator never exited");
         operator.kill();
     })

@@ -38,8 +38,9 @@ use serde::de::DeserializeOwned;
 use super::Found;
 use crate::{
     crd::JwtSigningKey,
+    metrics::Metrics,
     resources::{self, MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_ANNOTATION},
-    run::{retried, scope_name, watch_config},
+    run::{Watch, retried, scope_name, watch_config},
 };
 
 /// How long a written object is preferred to the cache when its watch event does not arrive (a
@@ -159,6 +160,7 @@ where
         &mut self,
         client: &Client,
         namespace: Option<&str>,
+        metrics: &Arc<Metrics>,
     ) -> Streams<
         impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + use<K>,
         impl futures::Stream<Item = Result<K, watcher::Error>> + Send + use<K>,
@@ -177,7 +179,12 @@ where
             )
             .modify(|m: &mut PartialObjectMeta<K>| keep_ownership_only(&mut m.metadata)),
         ));
-        let meta = retried(format!("other {kind}s in {scope}"), meta).touched_objects();
+        let watch = |description: String| Watch {
+            description,
+            resource: K::plural(&()).into_owned(),
+            metrics: metrics.clone(),
+        };
+        let meta = retried(watch(format!("other {kind}s in {scope}")), meta).touched_objects();
         let managed = self.synced.track(reflector::reflector(
             managed_writer,
             watcher::watcher(
@@ -187,7 +194,7 @@ where
             .modify(|o: &mut K| strip_bookkeeping(o.meta_mut())),
         ));
         let managed =
-            retried(format!("the operator's {kind}s in {scope}"), managed).touched_objects();
+            retried(watch(format!("the operator's {kind}s in {scope}")), managed).touched_objects();
         self.meta.insert(scope_key(namespace), meta_store);
         self.managed.insert(scope_key(namespace), managed_store);
         Streams { meta, managed }
