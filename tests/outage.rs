@@ -10,11 +10,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{install_crd, repo_root, with_temp_ns};
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, Subject};
+use common::{install_crd, repo_root, wait_for, with_temp_ns};
+use futures::TryStreamExt;
+use jwt_key_operator::crd::JwtSigningKey;
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    rbac::v1::{ClusterRoleBinding, RoleBinding, Subject},
+};
 use kube::{
     Api, Resource,
-    api::{DeleteParams, ObjectMeta, PostParams},
+    api::{DeleteParams, ObjectMeta, PostParams, WatchEvent, WatchParams},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
@@ -249,4 +254,99 @@ async fn watches_recover_within_seconds_when_the_restarted_api_server_refuses_th
         operator.kill();
     })
     .await;
+}
+
+/// A watch that cannot resume where it was (a restarted API server starts its watch cache at the
+/// present) lists again. A key deleted while the watch was away is in no delete event: the
+/// operator forgets it because the fresh listing lacks it, and its gauges go.
+#[tokio::test]
+async fn a_key_deleted_while_its_watch_was_away_is_forgotten_after_the_watch_lists_again() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    with_temp_ns("relist", |ns| async move {
+        install_crd(&ns.client).await;
+        let mut operator = operator(&[&ns.name]);
+        operator.tolerate_refusals();
+        create_ready(&ns, &jsk("kept", json!({}))).await;
+        create_ready(&ns, &jsk("gone", json!({}))).await;
+        let shows = |text: &str, name: &str| {
+            text.lines().any(|l| {
+                l.starts_with("jwtkeys_published_keys") && l.contains(&format!("name=\"{name}\""))
+            })
+        };
+        let text = metrics(&operator).await;
+        assert!(shows(&text, "kept") && shows(&text, "gone"), "{text}");
+
+        // The operator is frozen; the API server restarts, and then the key is deleted. A delete
+        // before the restart would reach the frozen operator through its old connection, buffered
+        // by the kernel. The restarted API server's watch cache starts at the present; a write of
+        // an object the operator does not watch makes sure that is after the operator's last
+        // resourceVersion, so its watch of the keys cannot resume and must list again.
+        let before = api(&ns)
+            .list(&Default::default())
+            .await
+            .expect("listing the keys")
+            .metadata
+            .resource_version
+            .expect("a list's resourceVersion");
+        let pid = i32::try_from(operator.pid().expect("the operator runs")).unwrap();
+        signal(pid, "STOP");
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some("after-the-operator-stopped".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Lease>::namespaced(ns.client.clone(), &ns.name)
+            .create(&PostParams::default(), &lease)
+            .await
+            .expect("creating a Lease the operator does not watch");
+        restart_api_server();
+        api(&ns)
+            .delete("gone", &Default::default())
+            .await
+            .expect("deleting a key");
+        wait_for("the key deleted", Duration::from_secs(30), || async {
+            api(&ns).get_opt("gone").await.ok()?.is_none().then_some(())
+        })
+        .await;
+        assert!(
+            expired(&api(&ns), &before).await,
+            "the restarted API server cannot resume a key watch from before the operator stopped"
+        );
+        signal(pid, "CONT");
+
+        let text = wait_for(
+            "the deleted key's gauges gone",
+            Duration::from_secs(30),
+            || async {
+                let text = metrics(&operator).await;
+                (!shows(&text, "gone")).then_some(text)
+            },
+        )
+        .await;
+        assert!(shows(&text, "kept"), "the other key's gauges stay:\n{text}");
+        let logs = operator.logs();
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("watch=JwtSigningKeys")
+                    && l.contains("too old resource version")),
+            "the key watch could not resume and listed again:\n{logs}"
+        );
+        assert!(operator.is_running(), "the operator never exited");
+        operator.kill();
+    })
+    .await;
+}
+
+/// Whether a watch of `api` from `version` ends at once with 410 Gone (Expired).
+async fn expired(api: &Api<JwtSigningKey>, version: &str) -> bool {
+    match api.watch(&WatchParams::default().timeout(1), version).await {
+        Err(kube::Error::Api(status)) => status.code == 410,
+        Err(_) => false,
+        Ok(events) => matches!(
+            std::pin::pin!(events).try_next().await,
+            Ok(Some(WatchEvent::Error(status))) if status.code == 410
+        ),
+    }
 }
