@@ -448,6 +448,12 @@ async fn an_idle_operator_writes_nothing() {
         let operator = operator(&[&ns.name]);
         create(&ns, &jsk("auth", json!({}))).await;
         wait_ready(&ns, "auth", "True", "KeysReady").await;
+        // The status can show Ready before the operator has counted that status write: its
+        // reconcile counts every write before it logs "reconciled".
+        wait_for("the first reconcile's end", REACT, || async {
+            operator.logs().contains("reconciled").then_some(())
+        })
+        .await;
         let before = metrics(&operator).await;
         // Edits that change nothing the operator owns make it reconcile, and write nothing.
         // One edit at a time: two edits that arrive before a reconcile starts are one reconcile.
