@@ -37,6 +37,7 @@ async fn next_key_is_published_before_it_signs_and_retired_keys_stay_for_l_plus_
         let history = History::of(&ns).await;
         let operator = operator(&[&ns.name]);
         let first = create_ready(&ns, &jsk("auth", short_spec())).await;
+        wait_reconciled(&operator).await;
         let writes_at_start = metric_sum(&metrics(&operator).await, "jwtkeys_api_writes_total", "");
 
         // The next key shows up in the status as Next before it signs.
@@ -448,12 +449,7 @@ async fn an_idle_operator_writes_nothing() {
         let operator = operator(&[&ns.name]);
         create(&ns, &jsk("auth", json!({}))).await;
         wait_ready(&ns, "auth", "True", "KeysReady").await;
-        // The status can show Ready before the operator has counted that status write: its
-        // reconcile counts every write before it logs "reconciled".
-        wait_for("the first reconcile's end", REACT, || async {
-            operator.logs().contains("reconciled").then_some(())
-        })
-        .await;
+        wait_reconciled(&operator).await;
         let before = metrics(&operator).await;
         // Edits that change nothing the operator owns make it reconcile, and write nothing.
         // One edit at a time: two edits that arrive before a reconcile starts are one reconcile.

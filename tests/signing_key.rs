@@ -527,6 +527,7 @@ async fn a_spec_the_schema_cannot_catch_ends_in_invalid_spec_without_a_hot_loop(
         assert!(message.contains("spec.publish.namespaceSelector") && message.contains("Near"), "{message}");
         assert!(secret_text(&ns.client, &ns.name, "auth-signing-key").await.is_none());
 
+        wait_reconciled(&operator).await;
         let before = metrics(&operator).await;
         let reconciles = operator.logs().matches("reconciled").count();
         // A resync of the object must not make the operator write again.

@@ -116,6 +116,17 @@ pub async fn wait_ready(
     .await
 }
 
+/// Waits until a reconcile of `operator` has ended. A status that a test sees can come from a write
+/// whose response the operator has not received yet; a reconcile counts its writes
+/// (`jwtkeys_api_writes_total`) before it logs "reconciled". Call it after the status that the
+/// operator's first reconcile writes, before reading the counter.
+pub async fn wait_reconciled(operator: &common::OperatorProcess) {
+    wait_for("a reconcile's end in the operator log", REACT, || async {
+        operator.logs().contains("reconciled").then_some(())
+    })
+    .await;
+}
+
 /// Waits for a status that satisfies `check`.
 pub async fn wait_status<F>(
     ns: &TestNamespace,
