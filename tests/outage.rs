@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{install_crd, repo_root, wait_for, with_temp_ns};
+use common::{OperatorProcess, TestNamespace, install_crd, repo_root, wait_for, with_temp_ns};
 use futures::TryStreamExt;
 use jwt_key_operator::crd::JwtSigningKey;
 use k8s_openapi::api::{
@@ -42,6 +42,18 @@ fn signal(pid: i32, name: &str) {
         .status()
         .expect("running kill");
     assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// An operator for `ns` whose log may show refusals (a restarted API server answers 403 until its
+/// RBAC caches have synced), with the keys `names` Ready.
+async fn operator_with_keys(ns: &TestNamespace, names: &[&str]) -> OperatorProcess {
+    install_crd(&ns.client).await;
+    let mut operator = operator(&[&ns.name]);
+    operator.tolerate_refusals();
+    for name in names {
+        create_ready(ns, &jsk(name, json!({}))).await;
+    }
+    operator
 }
 
 /// Kills the API server and starts it again with the same flags; returns once it answers.
@@ -77,11 +89,7 @@ fn cpu_time(pid: u32) -> Duration {
 async fn the_operator_survives_a_hung_and_restarted_api_server_and_recovers_within_seconds() {
     let _alone = ONE_AT_A_TIME.lock().await;
     with_temp_ns("outage", |ns| async move {
-        install_crd(&ns.client).await;
-        let mut operator = operator(&[&ns.name]);
-        // The restarted API server answers 403 until its RBAC caches have synced.
-        operator.tolerate_refusals();
-        create_ready(&ns, &jsk("before", json!({}))).await;
+        let mut operator = operator_with_keys(&ns, &["before"]).await;
         let pid = operator.pid().expect("the operator runs");
 
         // The API server hangs for 30 s: requests and watches stall without an error.
@@ -196,10 +204,7 @@ async fn watches_recover_within_seconds_when_the_restarted_api_server_refuses_th
  {
     let _alone = ONE_AT_A_TIME.lock().await;
     with_temp_ns("refused", |ns| async move {
-        install_crd(&ns.client).await;
-        let mut operator = operator(&[&ns.name]);
-        operator.tolerate_refusals();
-        create_ready(&ns, &jsk("before", json!({}))).await;
+        let mut operator = operator_with_keys(&ns, &["before"]).await;
         let username = operator.username();
         let role_binding_api = Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name);
         let cluster_role_binding_api = Api::<ClusterRoleBinding>::all(ns.client.clone());
@@ -263,11 +268,7 @@ async fn watches_recover_within_seconds_when_the_restarted_api_server_refuses_th
 async fn a_key_deleted_while_its_watch_was_away_is_forgotten_after_the_watch_lists_again() {
     let _alone = ONE_AT_A_TIME.lock().await;
     with_temp_ns("relist", |ns| async move {
-        install_crd(&ns.client).await;
-        let mut operator = operator(&[&ns.name]);
-        operator.tolerate_refusals();
-        create_ready(&ns, &jsk("kept", json!({}))).await;
-        create_ready(&ns, &jsk("gone", json!({}))).await;
+        let mut operator = operator_with_keys(&ns, &["kept", "gone"]).await;
         let shows = |text: &str, name: &str| {
             text.lines().any(|l| {
                 l.starts_with("jwtkeys_published_keys") && l.contains(&format!("name=\"{name}\""))
