@@ -9,90 +9,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::{TestNamespace, install_crd, wait_for, with_temp_ns};
-use k8s_openapi::api::{
-    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
-    core::v1::{ConfigMap, Secret},
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams},
 };
 use serde_json::json;
 use support::*;
-
-/// Denies every ConfigMap create and update in `namespace` until dropped (or [`Freeze::thaw`]).
-struct Freeze {
-    client: kube::Client,
-    name: String,
-}
-
-impl Freeze {
-    async fn namespace(ns: &TestNamespace, namespace: &str) -> Freeze {
-        let name = format!("freeze-{namespace}");
-        let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{
-                    "apiGroups": [""], "apiVersions": ["v1"],
-                    "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"],
-                }]},
-                "validations": [{"expression": "false", "message": "ConfigMaps are frozen in this namespace"}],
-            },
-        }))
-        .unwrap();
-        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": name},
-            "spec": {
-                "policyName": name,
-                "validationActions": ["Deny"],
-                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
-            },
-        }))
-        .unwrap();
-        Api::<ValidatingAdmissionPolicy>::all(ns.client.clone())
-            .create(&PostParams::default(), &policy)
-            .await
-            .expect("creating the freezing policy");
-        Api::<ValidatingAdmissionPolicyBinding>::all(ns.client.clone())
-            .create(&PostParams::default(), &binding)
-            .await
-            .expect("binding the freezing policy");
-        // The policy takes effect once the API server's policy informer has it.
-        let probes: Api<ConfigMap> = Api::namespaced(ns.client.clone(), namespace);
-        wait_for("the policy to refuse ConfigMap writes", REACT, || async {
-            let probe: ConfigMap =
-                serde_json::from_value(json!({"metadata": {"generateName": "probe-"}})).unwrap();
-            match probes.create(&PostParams::default(), &probe).await {
-                Err(kube::Error::Api(e)) if e.code == 422 || e.code == 403 => Some(()),
-                Ok(created) => {
-                    let name = created.metadata.name.unwrap();
-                    let _ = probes.delete(&name, &DeleteParams::default()).await;
-                    None
-                }
-                Err(_) => None,
-            }
-        })
-        .await;
-        Freeze {
-            client: ns.client.clone(),
-            name,
-        }
-    }
-
-    async fn thaw(&self) {
-        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
-            .delete(&self.name, &DeleteParams::default())
-            .await;
-        let _ = Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
-            .delete(&self.name, &DeleteParams::default())
-            .await;
-    }
-}
 
 async fn generated_keys(operator: &common::OperatorProcess) -> f64 {
     metric_sum(

@@ -232,6 +232,9 @@ pub struct Version {
     pub namespace: String,
     /// The signing kid (Secret) or the published kids (ConfigMap); `None` when deleted.
     pub kids: Option<Vec<String>>,
+    /// The object's `resourceVersion`: the test control plane has one etcd, whose revisions order
+    /// every write of every object, whatever order the watches delivered them in.
+    pub revision: u64,
 }
 
 /// Records every version of the Secret and ConfigMaps named `secret`/`config_map` in the given
@@ -327,11 +330,19 @@ impl History {
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
             while let Some(Ok(event)) = stream.next().await {
-                let kids = match event {
+                let revision = |object: &K| {
+                    object
+                        .meta()
+                        .resource_version
+                        .as_deref()
+                        .and_then(|rv| rv.parse().ok())
+                        .unwrap_or_default()
+                };
+                let (kids, revision) = match event {
                     watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
-                        Some(kids(&object).unwrap_or_default())
+                        (Some(kids(&object).unwrap_or_default()), revision(&object))
                     }
-                    watcher::Event::Delete(_) => None,
+                    watcher::Event::Delete(object) => (None, revision(&object)),
                     watcher::Event::InitDone => {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send(());
@@ -345,6 +356,7 @@ impl History {
                     kind,
                     namespace: namespace.clone(),
                     kids,
+                    revision,
                 });
             }
         });
@@ -369,26 +381,58 @@ impl History {
         kids
     }
 
-    /// I3 for these namespaces only: at every recorded Secret version, the ConfigMap in each of them
-    /// (when it exists) holds the Secret's kid.
+    /// Every version, in the order etcd wrote them.
+    pub fn in_write_order(&self) -> Vec<Version> {
+        let mut versions = self.versions();
+        versions.sort_by_key(|v| v.revision);
+        versions.dedup_by_key(|v| (v.revision, v.kind, v.namespace.clone()));
+        versions
+    }
+
+    /// I3 for these namespaces, on every version of every object in the order etcd wrote them: each
+    /// version of a ConfigMap holds the key the Secret signs with at that moment (the first version
+    /// of a ConfigMap the operator creates or recreates included) and is never an empty key set;
+    /// each Secret version's signing key is in each ConfigMap that exists then.
     pub fn check_signing_key_published_in(&self, namespaces: &[String]) {
         let mut current: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for v in self.versions() {
-            match v.kind {
-                "ConfigMap" => {
-                    current.insert(v.namespace.clone(), v.kids.clone().unwrap_or_default());
+        let mut signing: Option<String> = None;
+        for v in self.in_write_order() {
+            match (v.kind, &v.kids) {
+                ("ConfigMap", None) => {
+                    current.remove(&v.namespace);
                 }
-                _ => {
-                    let Some(kid) = v.kids.as_ref().and_then(|k| k.first()) else {
+                ("ConfigMap", Some(kids)) => {
+                    if !namespaces.contains(&v.namespace) {
                         continue;
-                    };
-                    for ns in namespaces {
-                        if let Some(kids) = current.get(ns) {
-                            assert!(
-                                kids.contains(kid),
-                                "I3: the Secret signs with {kid} while the ConfigMap in {ns} holds {kids:?}"
-                            );
-                        }
+                    }
+                    assert!(
+                        !kids.is_empty(),
+                        "I3: the ConfigMap in {} was written as an empty key set (revision {})",
+                        v.namespace,
+                        v.revision
+                    );
+                    if let Some(kid) = &signing {
+                        assert!(
+                            kids.contains(kid),
+                            "I3: a version of the ConfigMap in {} lacks the signing key {kid}: {kids:?} \
+                             (revision {})",
+                            v.namespace,
+                            v.revision
+                        );
+                    }
+                    current.insert(v.namespace.clone(), kids.clone());
+                }
+                (_, kids) => {
+                    // A deleted Secret, or one that holds only a pending key, signs with nothing.
+                    signing = kids.as_ref().and_then(|k| k.first()).cloned();
+                    let Some(kid) = &signing else { continue };
+                    for (ns, kids) in &current {
+                        assert!(
+                            kids.contains(kid),
+                            "I3: the Secret signs with {kid} while the ConfigMap in {ns} holds {kids:?} \
+                             (revision {})",
+                            v.revision
+                        );
                     }
                 }
             }
@@ -408,6 +452,9 @@ impl History {
         revoked: &[String],
     ) {
         let versions = self.versions();
+        // I3, on every version of every object.
+        let all: Vec<String> = versions.iter().map(|v| v.namespace.clone()).collect();
+        self.check_signing_key_published_in(&all);
         let namespaces: Vec<String> = {
             let mut n: Vec<String> = versions
                 .iter()
@@ -457,15 +504,6 @@ impl History {
                     let Some(kid) = v.kids.as_ref().and_then(|k| k.first()).cloned() else {
                         continue;
                     };
-                    // I3: the signing key is in every ConfigMap.
-                    for ns in &namespaces {
-                        if let Some(kids) = current.get(ns) {
-                            assert!(
-                                kids.contains(&kid),
-                                "I3: signing key {kid} is not in the ConfigMap in {ns}"
-                            );
-                        }
-                    }
                     if signing.as_ref().map(|(k, _)| k) != Some(&kid) {
                         if let Some((old, _)) = signing.take() {
                             stopped.insert(old, v.at);
@@ -602,4 +640,123 @@ pub fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
         .filter(|l| l.starts_with(name) && l.contains(filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Refuses writes through a ValidatingAdmissionPolicy (built into the API server, no webhook) until
+/// [`Freeze::thaw`]: creates and updates of one resource in one namespace, from everyone or from one
+/// user only.
+pub struct Freeze {
+    client: Client,
+    name: String,
+}
+
+impl Freeze {
+    /// Refuses every ConfigMap create and update in `namespace`.
+    pub async fn namespace(ns: &TestNamespace, namespace: &str) -> Freeze {
+        Freeze::writes(ns, "configmaps", namespace, None).await
+    }
+
+    /// Refuses creates and updates of `resource` (a core resource, plural) in `namespace`, by
+    /// `user` only when given (the others may still write). Returns once the API server refuses.
+    pub async fn writes(
+        ns: &TestNamespace,
+        resource: &str,
+        namespace: &str,
+        user: Option<&str>,
+    ) -> Freeze {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let name = format!("freeze-{resource}-{namespace}");
+        let expression = match user {
+            Some(user) => format!("request.userInfo.username != '{user}'"),
+            None => "false".to_string(),
+        };
+        let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": [resource],
+                }]},
+                "validations": [{"expression": expression, "message": format!("{resource} are frozen in this namespace")}],
+            },
+        }))
+        .unwrap();
+        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
+            },
+        }))
+        .unwrap();
+        Api::<ValidatingAdmissionPolicy>::all(ns.client.clone())
+            .create(&PostParams::default(), &policy)
+            .await
+            .expect("creating the freezing policy");
+        Api::<ValidatingAdmissionPolicyBinding>::all(ns.client.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("binding the freezing policy");
+        let freeze = Freeze {
+            client: ns.client.clone(),
+            name,
+        };
+        // The policy takes effect once the API server's policy informer has it: a dry-run create
+        // as the frozen user (impersonated, as the admin may) is refused.
+        let probes = |kind: &str| -> serde_json::Value {
+            serde_json::json!({"apiVersion": "v1", "kind": kind, "metadata": {"generateName": "probe-"}})
+        };
+        let (kind, api_resource) = match resource {
+            "secrets" => ("Secret", kube::api::ApiResource::erase::<Secret>(&())),
+            "configmaps" => ("ConfigMap", kube::api::ApiResource::erase::<ConfigMap>(&())),
+            other => panic!("no probe for {other}"),
+        };
+        let client = match user {
+            Some(user) => {
+                let mut config = common::admin_config().await;
+                config.auth_info.impersonate = Some(user.to_string());
+                Client::try_from(config).expect("an impersonating client")
+            }
+            None => ns.client.clone(),
+        };
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            client,
+            namespace,
+            &api_resource,
+        );
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        wait_for("the policy to refuse writes", REACT, || async {
+            let probe: kube::api::DynamicObject = serde_json::from_value(probes(kind)).unwrap();
+            match api.create(&dry_run, &probe).await {
+                Err(kube::Error::Api(e)) if e.message.contains("frozen") => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+        freeze
+    }
+
+    /// Lets writes through again (the API server applies it within a second or so).
+    pub async fn thaw(&self) {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
+            .delete(&self.name, &Default::default())
+            .await;
+        let _ = Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
+            .delete(&self.name, &Default::default())
+            .await;
+    }
 }
