@@ -16,7 +16,7 @@ use prometheus_client::{
 };
 use std::sync::atomic::AtomicU64;
 
-use crate::{controller::Error, crd::JwtSigningKey, schedule::KeySet};
+use crate::{crd::JwtSigningKey, schedule::KeySet};
 
 /// Identifies one JwtSigningKey.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -173,14 +173,15 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Counts a failed reconcile.
-    pub fn reconcile_error(&self, jsk: &JwtSigningKey, error: &Error) {
+    /// Counts a failed reconcile, or a refused write (`action` names what failed: `PublishFailed`
+    /// for a ConfigMap write, `ApplySecret` for the Secret's, ...).
+    pub fn reconcile_error(&self, jsk: &JwtSigningKey, action: &str) {
         let KeyLabels { namespace, name } = labels(jsk);
         self.reconcile_errors
             .get_or_create(&ErrorLabels {
                 namespace,
                 name,
-                error: error.metric_label().to_string(),
+                error: action.to_string(),
             })
             .inc();
     }

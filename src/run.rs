@@ -2,7 +2,7 @@
 //! watched namespace (or one for all namespaces).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     process::ExitCode,
     sync::{
         Arc,
@@ -383,37 +383,74 @@ fn watch_namespaces(
     )
     .filter_map(|event| std::future::ready(event.ok()));
     tokio::spawn(async move {
-        // What publication depends on: labels (selectors), consent, and whether it is terminating.
-        type Seen = (Option<BTreeMap<String, String>>, Option<String>, bool);
-        let looks = |ns: &PartialObjectMeta<Namespace>| -> Seen {
+        let mut looks = NamespaceLooks::default();
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            if looks.changed(&event) {
+                let _ = sender.send(());
+            }
+        }
+    });
+    (reader, changes)
+}
+
+/// What publication depends on in a namespace: labels (selectors), consent, and whether it is
+/// terminating.
+type Looks = (Option<BTreeMap<String, String>>, Option<String>, bool);
+
+/// The namespaces as publication last saw them, to tell which watch events change a target.
+#[derive(Default)]
+struct NamespaceLooks {
+    seen: BTreeMap<String, Looks>,
+    /// A listing after the first one (a watch back after a 410 or an outage) may show changes no
+    /// event announced: consent given or withdrawn, labels changed, namespaces gone.
+    listed_once: bool,
+    relisted: BTreeSet<String>,
+    relist_changed: bool,
+}
+
+impl NamespaceLooks {
+    /// Whether `event` changes what publication sees (a listing counts once it is done).
+    fn changed(&mut self, event: &watcher::Event<PartialObjectMeta<Namespace>>) -> bool {
+        let looks = |ns: &PartialObjectMeta<Namespace>| -> Looks {
             (
                 ns.metadata.labels.clone(),
                 ns.annotations().get(ACCEPT_FROM_ANNOTATION).cloned(),
                 ns.metadata.deletion_timestamp.is_some(),
             )
         };
-        let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                watcher::Event::Apply(ns) => {
-                    let now = looks(&ns);
-                    if seen.insert(ns.name_any(), now.clone()).as_ref() != Some(&now) {
-                        let _ = sender.send(());
-                    }
-                }
-                watcher::Event::InitApply(ns) => {
-                    seen.insert(ns.name_any(), looks(&ns));
-                }
-                watcher::Event::Delete(ns) => {
-                    seen.remove(&ns.name_any());
-                    let _ = sender.send(());
-                }
-                watcher::Event::Init | watcher::Event::InitDone => {}
+        match event {
+            watcher::Event::Apply(ns) => {
+                let now = looks(ns);
+                self.seen.insert(ns.name_any(), now.clone()).as_ref() != Some(&now)
+            }
+            watcher::Event::Delete(ns) => {
+                self.seen.remove(&ns.name_any());
+                true
+            }
+            watcher::Event::Init => {
+                self.relisted.clear();
+                self.relist_changed = false;
+                false
+            }
+            watcher::Event::InitApply(ns) => {
+                let now = looks(ns);
+                self.relisted.insert(ns.name_any());
+                self.relist_changed |=
+                    self.seen.insert(ns.name_any(), now.clone()).as_ref() != Some(&now);
+                false
+            }
+            watcher::Event::InitDone => {
+                let before = self.seen.len();
+                let relisted = &self.relisted;
+                self.seen.retain(|name, _| relisted.contains(name));
+                self.relist_changed |= self.seen.len() != before;
+                let changed = self.listed_once && self.relist_changed;
+                self.listed_once = true;
+                changed
             }
         }
-    });
-    (reader, changes)
+    }
 }
 
 /// How long after its watches have synced and it leads the process hands the memory freed by
@@ -768,6 +805,52 @@ mod tests {
     use super::*;
     use http::{Request, Response, StatusCode};
     use kube::client::Body;
+
+    fn namespace(name: &str, accept_from: Option<&str>) -> PartialObjectMeta<Namespace> {
+        let mut ns = PartialObjectMeta::<Namespace>::default();
+        ns.metadata.name = Some(name.into());
+        ns.metadata.annotations =
+            accept_from.map(|a| [(ACCEPT_FROM_ANNOTATION.to_string(), a.to_string())].into());
+        ns
+    }
+
+    #[test]
+    fn consent_changed_while_the_watch_was_away_counts_once_the_listing_is_done() {
+        use watcher::Event::*;
+        let mut looks = NamespaceLooks::default();
+        let first = [
+            Init,
+            InitApply(namespace("a", None)),
+            InitApply(namespace("b", Some("auth/*"))),
+            InitDone,
+        ];
+        assert!(
+            first.iter().all(|e| !looks.changed(e)),
+            "the first listing is what the reconciles start from"
+        );
+        let same = [
+            Init,
+            InitApply(namespace("a", None)),
+            InitApply(namespace("b", Some("auth/*"))),
+            InitDone,
+        ];
+        assert!(same.iter().all(|e| !looks.changed(e)), "nothing changed");
+        let consent = [
+            Init,
+            InitApply(namespace("a", Some("auth/*"))),
+            InitApply(namespace("b", Some("auth/*"))),
+        ];
+        assert!(consent.iter().all(|e| !looks.changed(e)));
+        assert!(looks.changed(&InitDone), "consent given while away");
+        let gone = [Init, InitApply(namespace("a", Some("auth/*")))];
+        assert!(gone.iter().all(|e| !looks.changed(e)));
+        assert!(looks.changed(&InitDone), "a namespace gone while away");
+        assert!(
+            looks.changed(&Apply(namespace("a", None))),
+            "consent withdrawn"
+        );
+        assert!(!looks.changed(&Apply(namespace("a", None))));
+    }
 
     /// An API server that knows no JwtSigningKey resource, as before the CRD is installed.
     fn api_without_the_crd() -> Client {

@@ -171,6 +171,13 @@ pub struct Plan {
 }
 
 impl KeySet {
+    /// Whether the state records `kid`: published, pending or revoked.
+    pub fn records(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid() == kid)
+            || self.pending.as_ref().is_some_and(|p| p.jwk.kid == kid)
+            || self.revoked.contains(kid)
+    }
+
     /// Adds a freshly generated key, confirmed published at `at`.
     pub fn add_published(&mut self, jwk: Jwk, at: Timestamp, role: NewKey) {
         self.keys

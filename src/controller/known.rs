@@ -47,6 +47,13 @@ impl KnownKeys {
             .or_default()
             .observe(event)
     }
+
+    /// Whether a watch shows the key with this uid now.
+    pub fn knows(&self, uid: &str) -> bool {
+        self.scopes
+            .values()
+            .any(|scope| scope.known.contains_key(uid))
+    }
 }
 
 /// The keys one watch has shown, by uid, and the uids of a listing in progress.

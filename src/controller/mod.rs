@@ -10,6 +10,7 @@
 //!
 //! The decisions about time are the pure `schedule`; this module observes, asks, applies, reports.
 
+mod backoff;
 mod cache;
 mod known;
 mod observe;
@@ -117,6 +118,9 @@ pub enum Error {
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// A write not tried: its object waits after a failed write (the error is that write's).
+    #[error("{0} (waiting to retry)")]
+    Waiting(String),
 }
 
 /// A kube error in one line: the API server's message and code, without the whole Status dump.
@@ -166,7 +170,22 @@ impl Error {
             Error::KeyTask(_) => "KeyTask",
             Error::Fenced => "Fenced",
             Error::Finalizer(_) => "Finalizer",
+            Error::Waiting(_) => "Waiting",
         }
+    }
+
+    /// Whether the error is a write of one object that failed (or waits to retry after a failure):
+    /// that object backs off on its own schedule ([`backoff`]), and each refused write is counted
+    /// where it happens, not once more for the reconcile.
+    fn is_a_write(&self) -> bool {
+        matches!(
+            self,
+            Error::ApplySecret(..)
+                | Error::ApplyConfigMap(..)
+                | Error::DeleteConfigMap(..)
+                | Error::Publish(_)
+                | Error::Waiting(_)
+        )
     }
 }
 
@@ -210,6 +229,8 @@ pub struct Context {
     next_published: Mutex<HashMap<String, (String, Timestamp)>>,
     /// The keys the watch has shown ([`Context::key_event`]).
     known: Mutex<known::KnownKeys>,
+    /// Objects whose last write failed, each backing off on its own.
+    writes: Mutex<backoff::Backoffs>,
 }
 
 impl Context {
@@ -242,6 +263,7 @@ impl Context {
             statuses: Mutex::new(HashMap::new()),
             next_published: Mutex::new(HashMap::new()),
             known: Mutex::new(known::KnownKeys::default()),
+            writes: Mutex::new(backoff::Backoffs::default()),
         }
     }
 
@@ -294,6 +316,54 @@ impl Context {
             .lock()
             .expect("next key lock")
             .remove(&key.uid);
+        self.writes
+            .lock()
+            .expect("write backoff lock")
+            .forget(&key.uid);
+    }
+
+    /// While `target` of `jsk` waits after a failed write: that write's error.
+    fn waiting(&self, jsk: &JwtSigningKey, target: &backoff::Target) -> Option<String> {
+        let uid = jsk.uid().unwrap_or_default();
+        let writes = self.writes.lock().expect("write backoff lock");
+        writes
+            .waiting(&uid, target, Instant::now())
+            .map(str::to_string)
+    }
+
+    /// Records a refused write of `target`: it backs off on its own, and is counted.
+    fn write_failed(&self, jsk: &JwtSigningKey, target: &backoff::Target, error: &Error) {
+        let uid = jsk.uid().unwrap_or_default();
+        let delay = self.writes.lock().expect("write backoff lock").failed(
+            &uid,
+            target,
+            error.brief(),
+            Instant::now(),
+        );
+        let action = match error {
+            Error::ApplyConfigMap(..) => "PublishFailed",
+            other => other.metric_label(),
+        };
+        self.metrics.reconcile_error(jsk, action);
+        warn!(kind = target.kind, namespace = target.namespace, name = target.name, error = %error.brief(), retry_in = ?delay, "write failed");
+    }
+
+    /// A write of `target` went through or was not needed.
+    fn write_succeeded(&self, jsk: &JwtSigningKey, target: &backoff::Target) {
+        let uid = jsk.uid().unwrap_or_default();
+        self.writes
+            .lock()
+            .expect("write backoff lock")
+            .succeeded(&uid, target);
+    }
+
+    /// How long until the first object of `jsk` that waits after a failed write may be tried again.
+    fn next_write_retry(&self, jsk: &JwtSigningKey) -> Option<Duration> {
+        let uid = jsk.uid().unwrap_or_default();
+        self.writes
+            .lock()
+            .expect("write backoff lock")
+            .next_retry(&uid, Instant::now())
     }
 
     /// When this process saw `kid`, the next key of `jsk`, published in every ConfigMap.
@@ -436,6 +506,14 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
     // A reconcile that started before this replica froze and ends after its fence closed does not
     // count as done: the replica that holds the Lease now owns the key.
     let result = result.and_then(|action| ctx.check_fence().map(|()| action));
+    // A reconcile that started from a key its watch has since shown gone (a delete, or a fresh
+    // listing without it that came while this ran) leaves nothing of it behind: its gauges went
+    // when the watch showed it gone, and this reconcile may have set them again.
+    if let Some(uid) = jsk.uid()
+        && !ctx.known.lock().expect("known keys lock").knows(&uid)
+    {
+        ctx.deleted(&known::Gone::of(&jsk));
+    }
     if let Ok(action) = &result {
         ctx.succeeded(&jsk);
         info!(?action, "reconciled");
@@ -443,11 +521,19 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
     result
 }
 
-/// Error policy: log, count, retry with an exponential backoff (seconds up to minutes).
+/// Error policy: log, count, retry with an exponential backoff (seconds up to minutes). A failed
+/// write backs off per object: the key is tried again when its first waiting object may be, and
+/// reconciles as usual meanwhile (a repair elsewhere is not held back).
 pub fn error_policy(jsk: Arc<JwtSigningKey>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.failed(&jsk);
+    let delay = if error.is_a_write() {
+        ctx.next_write_retry(&jsk)
+            .unwrap_or(RETRY_BASE)
+            .max(Duration::from_millis(100))
+    } else {
+        ctx.metrics.reconcile_error(&jsk, error.metric_label());
+        ctx.failed(&jsk)
+    };
     warn!(namespace = jsk.namespace(), name = jsk.name_any(), %error, retry_in = ?delay, "reconcile failed");
-    ctx.metrics.reconcile_error(&jsk, error);
     Action::requeue(delay)
 }
 
@@ -510,9 +596,9 @@ pub(crate) struct Reconciliation<'a> {
 }
 
 /// Public keys in `jwks.json` order: signing keys (newest first), next keys, the pending key,
-/// retired keys newest first. Revoked keys are left out, except `keep` (the key the Secret still
-/// signs with until it switches).
-fn publication_order(keys: &KeySet, keep: Option<&str>) -> Vec<Jwk> {
+/// retired keys newest first. Revoked keys are left out (the publisher adds the key the Secret
+/// still signs with until it switches, [`Publisher::set_signing`]).
+fn publication_order(keys: &KeySet) -> Vec<Jwk> {
     let mut signing: Vec<_> = keys
         .keys
         .iter()
@@ -531,7 +617,7 @@ fn publication_order(keys: &KeySet, keep: Option<&str>) -> Vec<Jwk> {
         .map(|k| k.jwk.clone())
         .chain(keys.pending.iter().map(|p| p.jwk.clone()))
         .chain(keys.retired().into_iter().map(|k| k.jwk.clone()))
-        .filter(|jwk| !keys.revoked.contains(&jwk.kid) || Some(jwk.kid.as_str()) == keep)
+        .filter(|jwk| !keys.revoked.contains(&jwk.kid))
         .collect();
     let mut seen = std::collections::BTreeSet::new();
     order.retain(|jwk| seen.insert(jwk.kid.clone()));
@@ -593,13 +679,18 @@ fn desired_secret(
         }
         None => Cow::Borrowed(keys),
     };
+    // Each private key is written with the JWK it was published as: its algorithm is the one it
+    // was made for, even when the spec names another by now (that one applies to the next key).
+    let pair = |jwk: &Jwk| {
+        private.get(&jwk.kid).cloned().map(|mut pair| {
+            pair.jwk = jwk.clone();
+            pair
+        })
+    };
     let private_keys = PrivateKeys {
-        active: keys.active().and_then(|k| private.get(k.kid()).cloned()),
-        next: keys.next().and_then(|k| private.get(k.kid()).cloned()),
-        pending: keys
-            .pending
-            .as_ref()
-            .and_then(|p| private.get(&p.jwk.kid).cloned()),
+        active: keys.active().and_then(|k| pair(&k.jwk)),
+        next: keys.next().and_then(|k| pair(&k.jwk)),
+        pending: keys.pending.as_ref().and_then(|p| pair(&p.jwk)),
     };
     resources::secret(jsk, &keys, &private_keys)
 }
@@ -727,8 +818,23 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
         .map(|r| (EventType::Warning, "StateRepaired", r))
         .collect();
     take_annotations(jsk, &mut keys, &known_status, now, &mut notes);
+    // What the ConfigMaps name and the operator never recorded was put there by whoever may edit
+    // them: the next write removes it, and it reaches no other ConfigMap.
+    for (ns, kids) in publisher.foreign_kids(|kid| keys.records(kid)) {
+        notes.push((
+            EventType::Warning,
+            "ForeignKeyRemoved",
+            format!(
+                "ConfigMap {config_map_name} in namespace {ns} held key(s) {} that this JwtSigningKey \
+                 never published; they are removed and published nowhere else",
+                kids.join(", ")
+            ),
+        ));
+    }
     let mut writer = SecretWriter::new(secrets, secret_name.clone(), secret);
-    let signing_in_secret = keys.active().map(|k| k.kid().to_string());
+    // Every ConfigMap version holds the key the Secret signs with, until the Secret switches.
+    let signing_in_secret = keys.active().map(|k| k.jwk.clone());
+    publisher.set_signing(signing_in_secret.clone());
 
     // New keys: saved in the Secret, then published everywhere, then part of the schedule.
     let mut secret_error = None;
@@ -744,58 +850,62 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
         let pending = match reuse {
             Some(pending) => pending,
             None => {
+                // A key is saved before it is published: none is made while the Secret waits to
+                // retry a refused write.
+                if let Some(error) =
+                    ctx.waiting(jsk, &backoff::Target::secret(&namespace, &secret_name))
+                {
+                    secret_error = Some(Error::Waiting(error));
+                    break;
+                }
                 let pair = run.generate_key().await?;
                 let pending = PendingKey {
                     jwk: pair.jwk.clone(),
                     generated_at: Timestamp::now(),
                 };
+                keys.pending = Some(pending.clone());
+                private.insert(pair.kid().to_string(), pair);
+                if let Err(e) = writer
+                    .write(&run, desired_secret(jsk, &keys, &private, None))
+                    .await
+                {
+                    // Not saved, so never published: the next try makes another.
+                    private.remove(&pending.jwk.kid);
+                    keys.pending = saved_pending.clone();
+                    secret_error = Some(e);
+                    break;
+                }
                 created_note = Some(notes.len());
                 notes.push((
                     EventType::Normal,
                     "KeyCreated",
                     format!(
                         "Generated {} key {} ({}-bit)",
-                        pair.jwk.alg,
-                        pair.kid(),
-                        jsk.spec.key_size
+                        pending.jwk.alg, pending.jwk.kid, jsk.spec.key_size
                     ),
                 ));
-                private.insert(pair.kid().to_string(), pair);
-                keys.pending = Some(pending.clone());
-                if let Err(e) = writer
-                    .write(&run, desired_secret(jsk, &keys, &private, None))
-                    .await
-                {
-                    secret_error = Some(e);
-                    break;
-                }
                 saved_pending = Some(pending.clone());
                 pending
             }
         };
-        let everywhere = publisher
-            .publish(
-                &publication_order(&keys, signing_in_secret.as_deref()),
-                signing_in_secret.as_deref(),
-            )
-            .await;
-        // A next key waits until every target holds it; a key that must sign now (first key,
-        // revoked or lost signing key) signs once every writable target holds it.
+        let everywhere = publisher.publish(&publication_order(&keys)).await;
+        // A next key waits until every target holds it. A key that must sign now signs once every
+        // writable target holds it; when no key signs yet, once the home ConfigMap holds it.
         if role == NewKey::Next && !everywhere {
             break;
         }
-        // A write in this reconcile that added it to a ConfigMap says when it was published
-        // everywhere; otherwise this process's record of an earlier reconcile, or the status (a
-        // process that restarted during P); otherwise now.
+        if role == NewKey::SignsNow
+            && signing_in_secret.is_none()
+            && !publisher.home_holds(&pending.jwk.kid)
+        {
+            break;
+        }
         let published_at = match (publisher.added_at(&pending.jwk.kid), role) {
             (Some(added), _) => added,
-            (None, NewKey::Next) => ctx
-                .next_published_at(jsk, &pending.jwk.kid)
-                .or_else(|| {
-                    observe::published_next_since(&known_status, &pending, Timestamp::now())
-                })
-                .unwrap_or_else(Timestamp::now),
             (None, NewKey::SignsNow) => Timestamp::now(),
+            (None, NewKey::Next) => {
+                next_published_since(ctx, jsk, &known_status, &pending, &publisher)
+            }
         };
         keys.pending = None;
         keys.add_published(pending.jwk.clone(), published_at, role);
@@ -818,17 +928,13 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
         }
     }
 
-    // Every target holds every key before the Secret changes; the next key counts as published
-    // from the last write that added it anywhere, and not at all while a target lacks it.
-    if secret_error.is_none() {
-        publisher
-            .publish(
-                &publication_order(&keys, signing_in_secret.as_deref()),
-                signing_in_secret.as_deref(),
-            )
-            .await;
-    }
+    // Every target holds every key before the Secret changes (repairs included, whether or not
+    // the Secret can be written); the next key counts as published from the last write that added
+    // it anywhere, and not at all while a target lacks it. This process remembers that instant
+    // before anything else can fail.
+    publisher.publish(&publication_order(&keys)).await;
     hold_next_until_everywhere(&mut keys, &publisher);
+    ctx.remember_next(jsk, keys.next());
 
     // Switch the Secret.
     let planned = Timestamp::now();
@@ -859,24 +965,38 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
         }
     }
     if let Some(error) = secret_error {
-        for (type_, reason, note) in notes {
-            run.event(type_, reason, note).await;
-        }
+        // The Secret did not switch: the keys stay as they were before the plan, and the status
+        // records them (the instant the next key was published everywhere included).
         let message = format!(
             "Writing Secret {secret_name} failed; the keys it holds are unchanged and ConfigMaps keep \
              every key it may sign with: {}",
             error.brief()
         );
-        run.not_ready("SecretWriteFailed", &message, &status)
-            .await?;
+        let ready = Readiness {
+            status: "False",
+            reason: "SecretWriteFailed",
+            message,
+        };
+        run.report(ReportInput {
+            timing: &timing,
+            keys: &keys,
+            transitions: &[],
+            notes,
+            ready: &ready,
+            publisher: &publisher,
+            unaccepted,
+            old: &status,
+            stored: stored_status,
+        })
+        .await?;
         return Err(error);
     }
     let mut keys = plan.keys.clone();
 
     // Drop what the schedule removed, now that the Secret no longer needs it.
-    publisher
-        .publish(&publication_order(&keys, None), None)
-        .await;
+    publisher.set_signing(keys.active().map(|k| k.jwk.clone()));
+    publisher.publish(&publication_order(&keys)).await;
+    let mut failures = publisher.failures();
     if let Some(kid) = keys.next().map(|k| k.kid().to_string())
         && let Some(added) = publisher.added_at(&kid)
     {
@@ -892,98 +1012,51 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
             )
             .await
         {
-            run.not_ready("SecretWriteFailed", &error.brief(), &status)
-                .await?;
-            return Err(error);
+            failures.insert(namespace.clone(), error.brief());
         }
     }
-
     ctx.remember_next(jsk, keys.next());
 
-    // Objects under names this key no longer uses go once the current names hold the keys.
-    if publisher.failures().is_empty() {
-        for old in &renamed_home {
-            run.delete_config_map(&namespace, &old.name_any()).await?;
-        }
-        for (ns, name) in publisher.renamed() {
-            run.delete_config_map(ns, name).await?;
+    // Objects under names this key no longer uses go once the current names hold the keys; a
+    // removal that fails is reported and retried, and skips nothing else.
+    if failures.is_empty() {
+        for old in renamed_home.iter().chain(publisher.renamed()) {
+            if let Err(error) = run.delete_config_map(old).await {
+                failures.insert(old.namespace().unwrap_or_default(), error.brief());
+            }
         }
     }
     if let Some(old) = &renamed_secret
         && writer.written()
     {
-        run.delete_secret(&old.name_any()).await?;
-        notes.push((
-            EventType::Normal,
-            "SecretRenamed",
-            format!(
-                "The keys moved from Secret {} to {secret_name}; the old Secret was deleted",
-                old.name_any()
-            ),
-        ));
+        match run.delete_secret(old).await {
+            Ok(()) => notes.push((
+                EventType::Normal,
+                "SecretRenamed",
+                format!(
+                    "The keys moved from Secret {} to {secret_name}; the old Secret was deleted",
+                    old.name_any()
+                ),
+            )),
+            Err(error) => {
+                failures.insert(namespace.clone(), error.brief());
+            }
+        }
     }
 
-    // Report.
-    if unaccepted != status.unaccepted_namespaces && !unaccepted.is_empty() {
-        notes.push((
-            EventType::Normal,
-            "NamespaceNotAccepted",
-            format!(
-                "Namespace(s) {} match publish.namespaceSelector but do not accept copies of this key \
-                 (annotation {ACCEPT_FROM_ANNOTATION} naming {namespace}/{} or {namespace}/*); nothing is \
-                 written there",
-                unaccepted.join(", "),
-                jsk.name_any()
-            ),
-        ));
-    }
-    for transition in &plan.transitions {
-        notes.push(match transition {
-            Transition::Activated(kid) => {
-                ctx.metrics.rotation(jsk);
-                (
-                    EventType::Normal,
-                    "KeyActivated",
-                    format!("Key {kid} now signs"),
-                )
-            }
-            Transition::Retired(kid) => (
-                EventType::Normal,
-                "KeyRetired",
-                format!("Key {kid} stopped signing; it stays published for verification"),
-            ),
-            Transition::Removed(kid) => (
-                EventType::Normal,
-                "KeyRemoved",
-                format!("Key {kid} is no longer published"),
-            ),
-            Transition::Revoked(kid) => (
-                EventType::Normal,
-                "KeyRevoked",
-                format!("Key {kid} was revoked and removed from the Secret and every ConfigMap"),
-            ),
-        });
-    }
-    for (type_, reason, note) in notes {
-        info!(reason, note, "key event");
-        run.event(type_, reason, note).await;
-    }
-    let failures = publisher.failures().clone();
     let ready = readiness(&run, &keys, &failures, publisher.conflicts());
-    if ready.status == "False" {
-        run.warn_if_new(&ready, &status).await;
-    }
-    let mut new_status = run.status(
-        &timing,
-        &keys,
-        publisher.published_namespaces(),
-        &ready,
-        &status,
-    );
-    new_status.unaccepted_namespaces = unaccepted;
-    run.write_status(new_status, &status, stored_status).await?;
-    ctx.metrics
-        .observe_keys(jsk, &keys, schedule::next_rotation(&timing, &keys));
+    run.report(ReportInput {
+        timing: &timing,
+        keys: &keys,
+        transitions: &plan.transitions,
+        notes,
+        ready: &ready,
+        publisher: &publisher,
+        unaccepted,
+        old: &status,
+        stored: stored_status,
+    })
+    .await?;
     if !failures.is_empty() {
         return Err(Error::Publish(ready.message));
     }
@@ -994,6 +1067,119 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
         ),
         None => Action::await_change(),
     })
+}
+
+/// When a next key that every target holds was published everywhere, when no write of this
+/// reconcile added it: this process's record of an earlier reconcile, or the status (a process
+/// that restarted during P), never before the newest ConfigMap holding it was created (a namespace
+/// that started accepting, a recreated ConfigMap, which a crash may have kept out of both);
+/// otherwise now.
+fn next_published_since(
+    ctx: &Context,
+    jsk: &JwtSigningKey,
+    status: &JwtSigningKeyStatus,
+    pending: &PendingKey,
+    publisher: &Publisher<'_>,
+) -> Timestamp {
+    let now = Timestamp::now();
+    let recorded = ctx
+        .next_published_at(jsk, &pending.jwk.kid)
+        .or_else(|| observe::published_next_since(status, pending, now));
+    match recorded {
+        Some(at) => at
+            .max(publisher.created_holding(&pending.jwk.kid).unwrap_or(at))
+            .min(now),
+        None => now,
+    }
+}
+
+/// What [`Reconciliation::report`] reports.
+struct ReportInput<'r> {
+    timing: &'r crate::crd::Timing,
+    keys: &'r KeySet,
+    transitions: &'r [Transition],
+    notes: Vec<(EventType, &'static str, String)>,
+    ready: &'r Readiness,
+    publisher: &'r Publisher<'r>,
+    unaccepted: Vec<String>,
+    old: &'r JwtSigningKeyStatus,
+    stored: Option<JwtSigningKeyStatus>,
+}
+
+impl Reconciliation<'_> {
+    /// Events for what happened, a Warning when the Ready condition turns false for a new reason,
+    /// the status and the key gauges.
+    async fn report(&self, input: ReportInput<'_>) -> Result<()> {
+        let ReportInput {
+            timing,
+            keys,
+            transitions,
+            mut notes,
+            ready,
+            publisher,
+            unaccepted,
+            old,
+            stored,
+        } = input;
+        let namespace = &self.namespace;
+        if unaccepted != old.unaccepted_namespaces && !unaccepted.is_empty() {
+            notes.push((
+                EventType::Normal,
+                "NamespaceNotAccepted",
+                format!(
+                    "Namespace(s) {} match publish.namespaceSelector but do not accept copies of this \
+                     key (annotation {ACCEPT_FROM_ANNOTATION} naming {namespace}/{} or {namespace}/*); \
+                     nothing is written there",
+                    unaccepted.join(", "),
+                    self.jsk.name_any()
+                ),
+            ));
+        }
+        for transition in transitions {
+            notes.push(match transition {
+                Transition::Activated(kid) => {
+                    self.ctx.metrics.rotation(self.jsk);
+                    (
+                        EventType::Normal,
+                        "KeyActivated",
+                        format!("Key {kid} now signs"),
+                    )
+                }
+                Transition::Retired(kid) => (
+                    EventType::Normal,
+                    "KeyRetired",
+                    format!("Key {kid} stopped signing; it stays published for verification"),
+                ),
+                Transition::Removed(kid) => (
+                    EventType::Normal,
+                    "KeyRemoved",
+                    format!("Key {kid} is no longer published"),
+                ),
+                Transition::Revoked(kid) => (
+                    EventType::Normal,
+                    "KeyRevoked",
+                    format!(
+                        "Key {kid} was revoked and removed from the Secret and every ConfigMap"
+                    ),
+                ),
+            });
+        }
+        for (type_, reason, note) in notes {
+            info!(reason, note, "key event");
+            self.event(type_, reason, note).await;
+        }
+        if ready.status == "False" {
+            self.warn_if_new(ready, old).await;
+        }
+        let mut new_status =
+            self.status(timing, keys, publisher.published_namespaces(), ready, old);
+        new_status.unaccepted_namespaces = unaccepted;
+        self.write_status(new_status, old, stored).await?;
+        self.ctx
+            .metrics
+            .observe_keys(self.jsk, keys, schedule::next_rotation(timing, keys));
+        Ok(())
+    }
 }
 
 /// A next key that some target does not hold yet has not been published for any time at all: it
@@ -1230,8 +1416,7 @@ async fn cleanup(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> 
         namespace: jsk.namespace().unwrap_or_default(),
     };
     for copy in copies {
-        run.delete_config_map(&copy.namespace().unwrap_or_default(), &copy.name_any())
-            .await?;
+        run.delete_config_map(&copy).await?;
     }
     ctx.deleted(&known::Gone::of(jsk));
     Ok(Action::await_change())

@@ -1,7 +1,10 @@
 //! Observe and rebuild: the key state is rebuilt on every reconcile from everything that records it:
 //! the Secret's `state.json` and private keys, the public keys published in every owned ConfigMap,
 //! and the status. The state is a cache, not an authority:
-//! - a kid that is published and unknown to the state is kept until at least now + L + P;
+//! - the ConfigMaps are output, never a source of keys: a published JWK is taken back only when the
+//!   Secret (its state or its private keys) or the status recorded its kid (a recorded RFC 7638 kid authenticates the JWK);
+//! - a kid that is published, recorded in the status and unknown to the state is kept until at
+//!   least now + L + P;
 //! - a record whose kid is not the RFC 7638 thumbprint of its `n`/`e` is dropped and rebuilt from
 //!   the private key or the published JWK of that kid, so a published JWK always matches the
 //!   private key it stands for;
@@ -31,7 +34,8 @@ pub struct Inputs<'a> {
     pub next_pem: Option<&'a str>,
     /// The Secret's `pending-private.pem`.
     pub pending_pem: Option<&'a str>,
-    /// Every JWK found in the ConfigMaps this key owns (home and copies).
+    /// Every JWK found in the ConfigMaps this key owns (home and copies); only those whose kid the
+    /// state or the status recorded are taken back.
     pub published: Vec<Jwk>,
     /// The last status written.
     pub status: Option<&'a JwtSigningKeyStatus>,
@@ -119,11 +123,35 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
         pending.generated_at = pending.generated_at.min(now);
     }
 
-    let published: BTreeMap<String, Jwk> = input
+    // The ConfigMaps are output, never a source of keys: a JWK found in one is taken back only when
+    // the operator recorded its kid, in the Secret's state or in the status. The kid is the JWK's
+    // RFC 7638 thumbprint, so a recorded kid authenticates the JWK; anything else is foreign
+    // (whoever may edit one copy must not plant keys elsewhere) and is left out of every write.
+    let seen_anywhere: BTreeMap<String, Jwk> = input
         .published
         .iter()
         .filter(|jwk| is_valid(jwk))
         .map(|jwk| (jwk.kid.clone(), jwk.clone()))
+        .collect();
+    let parse_pair = |pem: Option<&str>| {
+        pem.and_then(|pem| KeyPair::from_private_pem(pem, input.algorithm).ok())
+    };
+    let in_secret: Vec<String> = [input.active_pem, input.next_pem, input.pending_pem]
+        .into_iter()
+        .filter_map(|pem| parse_pair(pem).map(|pair| pair.kid().to_string()))
+        .collect();
+    let recorded = |kid: &str| {
+        in_secret.iter().any(|k| k == kid)
+            || keys.keys.iter().any(|k| k.kid() == kid)
+            || keys.pending.as_ref().is_some_and(|p| p.jwk.kid == kid)
+            || input
+                .status
+                .is_some_and(|s| s.keys.iter().any(|entry| entry.kid == kid))
+    };
+    let published: BTreeMap<String, Jwk> = seen_anywhere
+        .iter()
+        .filter(|(kid, _)| recorded(kid))
+        .map(|(kid, jwk)| (kid.clone(), jwk.clone()))
         .collect();
     let status_entry = |kid: &str| {
         input
@@ -134,9 +162,6 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
         |kid: &str, pick: fn(&crate::crd::KeyStatus) -> Option<&str>| -> Option<Timestamp> {
             parse_time(status_entry(kid).and_then(pick)).map(|t| t.min(now))
         };
-    let parse_pair = |pem: Option<&str>| {
-        pem.and_then(|pem| KeyPair::from_private_pem(pem, input.algorithm).ok())
-    };
     // A record's algorithm is the one its key was published with.
     let jwk_for = |keys: &KeySet, pair: &KeyPair| -> Jwk {
         keys.keys
@@ -324,7 +349,7 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
     if keys.handled_revoke.is_none() {
         keys.handled_revoke = input.status.and_then(|s| s.last_revoke_annotation.clone());
     }
-    prune_revoked(&mut keys, &published, retention, now);
+    prune_revoked(&mut keys, &seen_anywhere, retention, now);
     Rebuilt {
         keys,
         private,

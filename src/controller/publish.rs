@@ -2,16 +2,21 @@
 //! is attempted, in parallel with a bounded concurrency; failures are collected per namespace rather
 //! than ending the reconcile at the first one, and the moment each write added a key to a ConfigMap
 //! that lacked it is recorded, so that a next key signs only once every target has held it for P.
+//! Every version written holds the key the Secret signs with, and none is an empty key set; a
+//! ConfigMap that refused its last write retries on its own backoff, never slowing the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{Api, ResourceExt, api::DeleteParams};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Preconditions},
+};
 use tracing::info;
 
-use super::{Found, Reconciliation};
+use super::{Found, Reconciliation, backoff::Target as Written};
 use crate::{keys::Jwk, resources};
 
 /// Writes in flight at once.
@@ -27,14 +32,19 @@ struct Target {
 pub struct Publisher<'a> {
     run: &'a Reconciliation<'a>,
     targets: BTreeMap<String, Target>,
+    /// The key the Secret signs with now: every version of every ConfigMap holds it.
+    signing: Option<Jwk>,
     /// Target namespaces where a ConfigMap of that name exists and is not ours.
     foreign: Vec<String>,
-    /// Namespaces whose last write (or read) failed, with the error.
+    /// Target namespaces whose last write (or read) failed, with the error.
     failed: BTreeMap<String, String>,
+    /// Namespaces no longer targeted whose copy could not be removed: reported, and retried, but
+    /// no reason to hold a next key back in the namespaces that are targeted.
+    removals_failed: BTreeMap<String, String>,
     /// Kid -> latest instant a write returned that added it to a ConfigMap that lacked it.
     added: BTreeMap<String, Timestamp>,
-    /// Copies under a name this key no longer uses: (namespace, name).
-    renamed: Vec<(String, String)>,
+    /// Copies under a name this key no longer uses.
+    renamed: Vec<ConfigMap>,
 }
 
 fn kids_of(config_map: Option<&ConfigMap>) -> BTreeSet<String> {
@@ -47,6 +57,24 @@ fn kids_of(config_map: Option<&ConfigMap>) -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Every kid a ConfigMap names, valid or not: in `jwks.json` and as `<kid>.pem` entries.
+fn named_kids(config_map: &ConfigMap) -> BTreeSet<String> {
+    let mut kids = kids_of(Some(config_map));
+    let listed = config_map
+        .data
+        .as_ref()
+        .and_then(|d| d.get(resources::JWKS_JSON))
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok());
+    if let Some(keys) = listed.as_ref().and_then(|set| set["keys"].as_array()) {
+        kids.extend(
+            keys.iter()
+                .filter_map(|k| k["kid"].as_str())
+                .map(str::to_string),
+        );
+    }
+    kids
 }
 
 /// The JWKs a ConfigMap publishes (invalid entries are skipped).
@@ -81,8 +109,10 @@ impl<'a> Publisher<'a> {
         let mut publisher = Publisher {
             run,
             targets: BTreeMap::new(),
+            signing: None,
             foreign: Vec::new(),
             failed: BTreeMap::new(),
+            removals_failed: BTreeMap::new(),
             added: BTreeMap::new(),
             renamed: Vec::new(),
         };
@@ -92,10 +122,7 @@ impl<'a> Publisher<'a> {
         let name = run.jsk.config_map_name();
         let (current, renamed): (Vec<ConfigMap>, Vec<ConfigMap>) =
             copies.into_iter().partition(|cm| cm.name_any() == name);
-        publisher.renamed = renamed
-            .iter()
-            .map(|cm| (cm.namespace().unwrap_or_default(), cm.name_any()))
-            .collect();
+        publisher.renamed = renamed;
         let mut existing: BTreeMap<String, ConfigMap> = current
             .into_iter()
             .map(|cm| (cm.namespace().unwrap_or_default(), cm))
@@ -141,12 +168,18 @@ impl<'a> Publisher<'a> {
                 publisher.targets.insert(ns, Target { current: Some(cm) });
             } else {
                 // No longer targeted (or no longer accepted): removed.
-                if let Err(e) = run.delete_config_map(&ns, &name).await {
-                    publisher.failed.insert(ns, e.brief());
+                if let Err(e) = run.delete_config_map(&cm).await {
+                    publisher.removals_failed.insert(ns, e.brief());
                 }
             }
         }
         publisher
+    }
+
+    /// The key the Secret signs with now (after a Secret write, the one it switched to): every
+    /// ConfigMap written from here on holds it.
+    pub fn set_signing(&mut self, signing: Option<Jwk>) {
+        self.signing = signing;
     }
 
     /// Whether every target namespace holds `kid`, counting failed and unreadable ones as not.
@@ -158,6 +191,13 @@ impl<'a> Publisher<'a> {
                 .all(|t| kids_of(t.current.as_ref()).contains(kid))
     }
 
+    /// Whether the ConfigMap in the key's own namespace holds `kid`.
+    pub fn home_holds(&self, kid: &str) -> bool {
+        self.targets
+            .get(&self.run.namespace)
+            .is_some_and(|t| kids_of(t.current.as_ref()).contains(kid))
+    }
+
     /// The public keys found in the owned ConfigMaps.
     pub fn published(&self) -> Vec<Jwk> {
         self.targets
@@ -167,33 +207,74 @@ impl<'a> Publisher<'a> {
             .collect()
     }
 
+    /// Kids that target ConfigMaps name and `recorded` does not know, by namespace: whoever may
+    /// edit that ConfigMap put them there. The next write removes them.
+    pub fn foreign_kids(&self, recorded: impl Fn(&str) -> bool) -> Vec<(String, Vec<String>)> {
+        self.targets
+            .iter()
+            .filter_map(|(ns, t)| {
+                let kids: Vec<String> = named_kids(t.current.as_ref()?)
+                    .into_iter()
+                    .filter(|kid| !recorded(kid))
+                    .collect();
+                (!kids.is_empty()).then(|| (ns.clone(), kids))
+            })
+            .collect()
+    }
+
     /// When a write last added `kid` to a ConfigMap that lacked it, in this reconcile.
     pub fn added_at(&self, kid: &str) -> Option<Timestamp> {
         self.added.get(kid).copied()
     }
 
-    /// Writes `jwks` (in `jwks.json` order) to every target; `keep_if_held` is kept only in the
-    /// ConfigMaps that hold it already (the revoked signing key, until the Secret switches).
-    /// Returns whether every write succeeded.
-    pub async fn publish(&mut self, jwks: &[Jwk], keep_if_held: Option<&str>) -> bool {
+    /// The last instant of the creation second of the newest target ConfigMap that holds `kid`: a
+    /// ConfigMap created (a namespace that started accepting, a deleted one recreated) holds its
+    /// keys since no earlier than that, whatever an older record says.
+    pub fn created_holding(&self, kid: &str) -> Option<Timestamp> {
+        self.targets
+            .values()
+            .filter_map(|t| t.current.as_ref())
+            .filter(|cm| kids_of(Some(cm)).contains(kid))
+            .filter_map(|cm| cm.metadata.creation_timestamp.as_ref())
+            .map(|created| {
+                crate::time::plus(
+                    created.0,
+                    jiff::SignedDuration::from_secs(1) - jiff::SignedDuration::from_nanos(1),
+                )
+            })
+            .max()
+    }
+
+    /// Writes `jwks` (in `jwks.json` order) to every target, with the Secret's signing key in every
+    /// version ([`Self::set_signing`]) and never an empty key set. A target that failed its last
+    /// write waits for its own backoff; the others are written at once. Returns whether every
+    /// target holds what was asked.
+    pub async fn publish(&mut self, jwks: &[Jwk]) -> bool {
         let run = self.run;
-        let mut work = Vec::new();
-        for (ns, target) in self.targets.iter_mut() {
-            let held = kids_of(target.current.as_ref());
-            let wanted: Vec<&Jwk> = jwks
-                .iter()
-                .filter(|jwk| Some(jwk.kid.as_str()) != keep_if_held || held.contains(&jwk.kid))
-                .collect();
-            let data = match resources::config_map_data_of(&wanted) {
-                Ok(data) => data,
-                Err(e) => {
+        let mut wanted: Vec<&Jwk> = jwks.iter().collect();
+        if let Some(signing) = &self.signing
+            && !wanted.iter().any(|jwk| jwk.kid == signing.kid)
+        {
+            wanted.insert(0, signing);
+        }
+        if wanted.is_empty() {
+            return self.failed.is_empty();
+        }
+        let data = match resources::config_map_data_of(&wanted) {
+            Ok(data) => data,
+            Err(e) => {
+                for ns in self.targets.keys() {
                     self.failed
                         .insert(ns.clone(), format!("building ConfigMap: {e}"));
-                    continue;
                 }
-            };
+                return false;
+            }
+        };
+        let mut work = Vec::new();
+        for (ns, target) in self.targets.iter_mut() {
             let home = *ns == run.namespace;
             let desired = resources::config_map(run.jsk, &data, (!home).then_some(ns.as_str()));
+            let held = kids_of(target.current.as_ref());
             work.push((ns.clone(), target.current.take(), desired, held));
         }
         let results: Vec<_> = stream::iter(work)
@@ -220,7 +301,7 @@ impl<'a> Publisher<'a> {
                 }
                 Err(e) => {
                     target.current = previous;
-                    self.failed.insert(ns, e.brief());
+                    self.failed.insert(ns, e);
                 }
             }
         }
@@ -236,14 +317,16 @@ impl<'a> Publisher<'a> {
             .collect()
     }
 
-    /// Copies under a name this key no longer uses, as (namespace, name).
-    pub fn renamed(&self) -> &[(String, String)] {
+    /// Copies under a name this key no longer uses.
+    pub fn renamed(&self) -> &[ConfigMap] {
         &self.renamed
     }
 
-    /// Failed namespaces with their errors.
-    pub fn failures(&self) -> &BTreeMap<String, String> {
-        &self.failed
+    /// Namespaces whose write, read or removal failed, with the error.
+    pub fn failures(&self) -> BTreeMap<String, String> {
+        let mut all = self.removals_failed.clone();
+        all.extend(self.failed.clone());
+        all
     }
 
     /// Target namespaces whose ConfigMap name is taken by an object this key does not own.
@@ -253,50 +336,80 @@ impl<'a> Publisher<'a> {
 }
 
 impl Reconciliation<'_> {
-    /// Deletes a ConfigMap this key owns (a copy, or one under a former name).
-    pub(super) async fn delete_config_map(&self, namespace: &str, name: &str) -> super::Result<()> {
+    /// Deletes a ConfigMap this key owns (a copy, or one under a former name), with its uid as
+    /// precondition: an object someone created under that name since it was read is not touched.
+    /// A ConfigMap whose last removal failed waits for its own backoff.
+    pub(super) async fn delete_config_map(&self, config_map: &ConfigMap) -> super::Result<()> {
+        let namespace = config_map.namespace().unwrap_or_default();
+        let name = config_map.name_any();
+        let target = Written::config_map(&namespace, &name);
+        if let Some(error) = self.ctx.waiting(self.jsk, &target) {
+            return Err(super::Error::Waiting(error));
+        }
         self.ctx.check_fence()?;
-        let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), namespace);
-        match api.delete(name, &DeleteParams::default()).await {
+        let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &namespace);
+        let params = DeleteParams {
+            preconditions: config_map.uid().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
             Ok(_) => {
                 self.ctx.metrics.api_write("configmap");
-                self.ctx.config_maps.deleted(namespace, name);
+                self.ctx.config_maps.deleted(&namespace, &name);
+                self.ctx.write_succeeded(self.jsk, &target);
                 info!(namespace, name, "removed ConfigMap");
                 Ok(())
             }
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                self.ctx.config_maps.deleted(namespace, name);
+            // Gone, or replaced by another object of that name (a 409 on the uid): not ours to delete.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+                self.ctx.config_maps.deleted(&namespace, &name);
+                self.ctx.write_succeeded(self.jsk, &target);
                 Ok(())
             }
-            Err(e) => Err(super::Error::DeleteConfigMap(
-                format!("{namespace}/{name}"),
-                e,
-            )),
+            Err(e) => {
+                let error = super::Error::DeleteConfigMap(format!("{namespace}/{name}"), e);
+                self.ctx.write_failed(self.jsk, &target, &error);
+                Err(error)
+            }
         }
     }
 
     /// Creates the ConfigMap when missing (a 409 means someone else took the name meanwhile), or
     /// patches it with a `resourceVersion` precondition, in one write that also removes data
-    /// entries someone else added.
-    /// Skips the write when the stored object already matches.
+    /// entries someone else added. Skips the write when the stored object already matches, and
+    /// while this ConfigMap waits after a failed write (the error is that write's).
     async fn write_config_map(
         &self,
         current: Option<&ConfigMap>,
         desired: ConfigMap,
-    ) -> super::Result<ConfigMap> {
+    ) -> Result<ConfigMap, String> {
         let namespace = desired.namespace().unwrap_or_default();
         let name = desired.name_any();
+        let target = Written::config_map(&namespace, &name);
         if let Some(current) = current
             && current.data == desired.data
             && resources::is_in_sync(&current.metadata, &desired.metadata)
         {
+            self.ctx.write_succeeded(self.jsk, &target);
             return Ok(current.clone());
         }
-        self.ctx.check_fence()?;
+        if let Some(error) = self.ctx.waiting(self.jsk, &target) {
+            return Err(error);
+        }
+        self.ctx.check_fence().map_err(|e| e.brief())?;
         let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &namespace);
-        let written = super::create_or_update(&api, current, &desired)
-            .await
-            .map_err(|e| super::Error::ApplyConfigMap(format!("{namespace}/{name}"), e))?;
+        let written = match super::create_or_update(&api, current, &desired).await {
+            Ok(written) => written,
+            Err(e) => {
+                let error = super::Error::ApplyConfigMap(format!("{namespace}/{name}"), e);
+                self.ctx.write_failed(self.jsk, &target, &error);
+                return Err(error.brief());
+            }
+        };
+        self.ctx.write_succeeded(self.jsk, &target);
         self.ctx.metrics.api_write("configmap");
         match current {
             None => info!(namespace, name, "created ConfigMap"),

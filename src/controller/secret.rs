@@ -5,10 +5,10 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use kube::{Api, ResourceExt};
 use tracing::info;
 
-use super::{Error, Reconciliation, Result, create_or_update};
+use super::{Error, Reconciliation, Result, backoff::Target, create_or_update};
 use crate::resources;
 
 /// The Secret as this reconcile knows it.
@@ -20,18 +20,28 @@ pub struct SecretWriter {
 }
 
 impl Reconciliation<'_> {
-    /// Deletes a Secret this key owns under a name it no longer uses.
-    pub(super) async fn delete_secret(&self, name: &str) -> Result<()> {
+    /// Deletes a Secret this key owns under a name it no longer uses, with its uid as precondition.
+    pub(super) async fn delete_secret(&self, old: &Secret) -> Result<()> {
+        let name = old.name_any();
+        let name = name.as_str();
         self.ctx.check_fence()?;
         let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        match api.delete(name, &kube::api::DeleteParams::default()).await {
+        let params = kube::api::DeleteParams {
+            preconditions: old.uid().map(|uid| kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..kube::api::DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
             Ok(_) => {
                 self.ctx.metrics.api_write("secret");
                 self.ctx.secrets.deleted(&self.namespace, name);
                 info!(name, "removed Secret under a former name");
                 Ok(())
             }
-            Err(kube::Error::Api(e)) if e.code == 404 => {
+            // Gone, or replaced by another object of that name (a 409 on the uid).
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
                 self.ctx.secrets.deleted(&self.namespace, name);
                 Ok(())
             }
@@ -69,10 +79,20 @@ impl SecretWriter {
         {
             return Ok(None);
         }
+        let target = Target::secret(&run.namespace, &self.name);
+        if let Some(error) = run.ctx.waiting(run.jsk, &target) {
+            return Err(Error::Waiting(error));
+        }
         run.ctx.check_fence()?;
-        let written = create_or_update(&self.api, self.current.as_ref(), &desired)
-            .await
-            .map_err(|e| Error::ApplySecret(self.name.clone(), e))?;
+        let written = match create_or_update(&self.api, self.current.as_ref(), &desired).await {
+            Ok(written) => written,
+            Err(e) => {
+                let error = Error::ApplySecret(self.name.clone(), e);
+                run.ctx.write_failed(run.jsk, &target, &error);
+                return Err(error);
+            }
+        };
+        run.ctx.write_succeeded(run.jsk, &target);
         match self.current {
             None => info!(name = self.name, "created Secret"),
             Some(_) => info!(name = self.name, "wrote Secret"),

@@ -69,6 +69,26 @@ impl Scene {
         self.pairs.iter().map(|p| p.jwk.clone()).collect()
     }
 
+    /// The status the last reconcile wrote: it records every published kid.
+    fn status(&self) -> JwtSigningKeyStatus {
+        JwtSigningKeyStatus {
+            keys: self
+                .pairs
+                .iter()
+                .map(|p| KeyStatus {
+                    kid: p.kid().to_string(),
+                    state: KeyState::Retired,
+                    algorithm: None,
+                    created_at: rfc3339_secs(now() - SignedDuration::from_secs(300)),
+                    activates_at: None,
+                    retires_at: None,
+                    remove_after: None,
+                })
+                .collect(),
+            ..JwtSigningKeyStatus::default()
+        }
+    }
+
     fn rebuild(&self, state_json: &str) -> Rebuilt {
         rebuild(
             &timing(),
@@ -78,7 +98,7 @@ impl Scene {
                 next_pem: Some(self.pairs[1].private_pem()),
                 pending_pem: None,
                 published: self.published(),
-                status: None,
+                status: Some(&self.status()),
                 algorithm: Algorithm::RS256,
             },
             now(),
@@ -407,4 +427,51 @@ fn a_restarted_process_counts_a_published_next_key_from_the_end_of_the_status_se
         None
     );
     assert_eq!(published_next_since(&status(vec![]), &pending, now()), None);
+}
+
+#[test]
+fn a_published_key_that_neither_the_state_nor_the_status_recorded_is_never_taken_back() {
+    let scene = Scene::new();
+    let planted = pairs(1).remove(0);
+    let mut published = scene.published();
+    published.push(planted.jwk.clone());
+    for state_json in [serde_json::to_string(&scene.state).unwrap(), String::new()] {
+        let rebuilt = rebuild(
+            &timing(),
+            &Inputs {
+                state_json: Some(&state_json),
+                active_pem: Some(scene.pairs[0].private_pem()),
+                next_pem: Some(scene.pairs[1].private_pem()),
+                pending_pem: None,
+                published: published.clone(),
+                status: Some(&scene.status()),
+                algorithm: Algorithm::RS256,
+            },
+            now(),
+        );
+        assert!(
+            rebuilt.keys.keys.iter().all(|k| k.kid() != planted.kid()),
+            "a key found only in a ConfigMap was adopted"
+        );
+        for pair in &scene.pairs {
+            find(&rebuilt.keys, pair);
+        }
+    }
+    // Without a status, a lost state recovers the Secret's signing key, and nothing found only in
+    // the ConfigMaps.
+    let rebuilt = rebuild(
+        &timing(),
+        &Inputs {
+            state_json: None,
+            active_pem: Some(scene.pairs[0].private_pem()),
+            next_pem: None,
+            pending_pem: None,
+            published,
+            status: None,
+            algorithm: Algorithm::RS256,
+        },
+        now(),
+    );
+    let kids: Vec<&str> = rebuilt.keys.keys.iter().map(|k| k.kid()).collect();
+    assert_eq!(kids, [scene.pairs[0].kid()]);
 }
