@@ -351,3 +351,49 @@ async fn the_first_key_signs_only_once_the_home_config_map_holds_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_copy_that_cannot_be_removed_does_not_hold_the_next_key_back() {
+    with_temp_ns("stuck", |ns| async move {
+        install_crd(&ns.client).await;
+        let leaving = ns.extra("leaving", &[("jwks", "auth")]).await;
+        accept_from(&ns.client, &leaving, Some(&format!("{}/auth", ns.name))).await;
+        let _operator = operator(&[&ns.name, &leaving]);
+        let spec = json!({
+            "rotationInterval": "1h", "propagationDelay": "3s", "maxTokenLifetime": "4s",
+            "publish": {"namespaceSelector": {"matchLabels": {"jwks": "auth"}}},
+        });
+        let first = create_ready(&ns, &jsk("auth", spec)).await;
+        wait_for("the copy", REACT, || async {
+            config_map_data(&ns.client, &leaving, "auth-jwks").await
+        })
+        .await;
+        // The namespace withdraws its consent, and its copy cannot be deleted.
+        let freeze = Freeze::operations(&ns, "configmaps", &leaving, None, &["DELETE"]).await;
+        accept_from(&ns.client, &leaving, None).await;
+        wait_ready(&ns, "auth", "False", "PublishFailed").await;
+        annotate(&ns, "auth", json!({"jwtkeys.dev/rotate": "now"})).await;
+        let second = wait_for(
+            "the next key to sign after P",
+            Duration::from_secs(20),
+            || async {
+                let key = api(&ns).get("auth").await.ok()?;
+                key.status?.active_key_id.filter(|kid| *kid != first)
+            },
+        )
+        .await;
+        let home = config_map_data(&ns.client, &ns.name, "auth-jwks")
+            .await
+            .unwrap();
+        assert!(jwks_kids(&home).contains(&second));
+        freeze.thaw().await;
+        wait_for("the copy removed", REACT, || async {
+            config_map_data(&ns.client, &leaving, "auth-jwks")
+                .await
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    })
+    .await;
+}

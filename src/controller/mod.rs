@@ -1515,6 +1515,37 @@ mod tests {
         assert!(!data.contains_key(resources::PENDING_PRIVATE_PEM));
     }
 
+    #[test]
+    fn the_secret_names_the_algorithm_its_signing_key_was_published_with() {
+        let mut jsk = JwtSigningKey::new(
+            "auth",
+            serde_json::from_value(serde_json::json!({"algorithm": "PS256"})).unwrap(),
+        );
+        jsk.metadata.namespace = Some("auth".into());
+        // Generated for RS256 and published so; the spec says PS256 by now, and the private key
+        // as read back from the Secret carries the spec's algorithm.
+        let generated = KeyPair::generate(2048, crate::crd::Algorithm::RS256).unwrap();
+        let read_back =
+            KeyPair::from_private_pem(generated.private_pem(), crate::crd::Algorithm::PS256)
+                .unwrap();
+        assert_eq!(read_back.jwk.alg, "PS256");
+        let keys = KeySet {
+            keys: vec![KeyRecord::published(
+                generated.jwk.clone(),
+                Timestamp::UNIX_EPOCH,
+                true,
+            )],
+            ..KeySet::default()
+        };
+        let private = [(generated.kid().to_string(), read_back)].into();
+        let secret = desired_secret(&jsk, &keys, &private, None);
+        assert_eq!(
+            secret.data.unwrap()[resources::ALGORITHM].0,
+            b"RS256",
+            "the algorithm of the key that signs, not the spec's"
+        );
+    }
+
     fn selector(value: serde_json::Value) -> LabelSelector {
         serde_json::from_value(value).unwrap()
     }

@@ -664,10 +664,26 @@ impl Freeze {
         namespace: &str,
         user: Option<&str>,
     ) -> Freeze {
+        Freeze::operations(ns, resource, namespace, user, &["CREATE", "UPDATE"]).await
+    }
+
+    /// Refuses `operations` (`CREATE`, `UPDATE`, `DELETE`) of `resource` in `namespace`, by `user`
+    /// only when given. Returns once the API server refuses a create (or, for deletes only, once
+    /// the policy is bound; the API server applies it within a second or so).
+    pub async fn operations(
+        ns: &TestNamespace,
+        resource: &str,
+        namespace: &str,
+        user: Option<&str>,
+        operations: &[&str],
+    ) -> Freeze {
         use k8s_openapi::api::admissionregistration::v1::{
             ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
         };
-        let name = format!("freeze-{resource}-{namespace}");
+        let name = format!(
+            "freeze-{}-{resource}-{namespace}",
+            operations.join("-").to_lowercase()
+        );
         let expression = match user {
             Some(user) => format!("request.userInfo.username != '{user}'"),
             None => "false".to_string(),
@@ -680,7 +696,7 @@ impl Freeze {
                 "failurePolicy": "Fail",
                 "matchConstraints": {"resourceRules": [{
                     "apiGroups": [""], "apiVersions": ["v1"],
-                    "operations": ["CREATE", "UPDATE"], "resources": [resource],
+                    "operations": operations, "resources": [resource],
                 }]},
                 "validations": [{"expression": expression, "message": format!("{resource} are frozen in this namespace")}],
             },
@@ -727,23 +743,40 @@ impl Freeze {
             }
             None => ns.client.clone(),
         };
-        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-            client,
-            namespace,
-            &api_resource,
-        );
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client, namespace, &api_resource);
         let dry_run = PostParams {
             dry_run: true,
             ..PostParams::default()
         };
-        wait_for("the policy to refuse writes", REACT, || async {
+        if operations.contains(&"CREATE") {
+            wait_for("the policy to refuse writes", REACT, || async {
+                let probe: kube::api::DynamicObject = serde_json::from_value(probes(kind)).unwrap();
+                match api.create(&dry_run, &probe).await {
+                    Err(kube::Error::Api(e)) if e.message.contains("frozen") => Some(()),
+                    _ => None,
+                }
+            })
+            .await;
+        } else {
             let probe: kube::api::DynamicObject = serde_json::from_value(probes(kind)).unwrap();
-            match api.create(&dry_run, &probe).await {
-                Err(kube::Error::Api(e)) if e.message.contains("frozen") => Some(()),
-                _ => None,
-            }
-        })
-        .await;
+            let probe = api
+                .create(&PostParams::default(), &probe)
+                .await
+                .expect("creating a probe");
+            let name = probe.metadata.name.clone().unwrap();
+            let dry_run = kube::api::DeleteParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            wait_for("the policy to refuse deletes", REACT, || async {
+                match api.delete(&name, &dry_run).await {
+                    Err(kube::Error::Api(e)) if e.message.contains("frozen") => Some(()),
+                    _ => None,
+                }
+            })
+            .await;
+        }
         freeze
     }
 
