@@ -183,7 +183,7 @@ fn options(help: &str) -> (BTreeSet<String>, BTreeSet<String>) {
         let trimmed = line.trim_start();
         if trimmed.starts_with("--") || trimmed.starts_with("-") && trimmed.contains(", --") {
             let flag = trimmed
-                .split(|c: char| c == ' ' || c == '=' || c == ',' || c == '<')
+                .split([' ', '=', ',', '<'])
                 .find(|w| w.starts_with("--"))
                 .expect("a long flag");
             if flag != "--help" && flag != "--version" {

@@ -322,7 +322,7 @@ async fn the_release_script_builds_artifacts_that_install() {
             .get(&release)
             .await
             .expect("the release's Deployment");
-        let image = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        let image = deployment.spec.template.spec.unwrap().containers[0]
             .image
             .clone()
             .unwrap();
