@@ -119,7 +119,7 @@ fn table_rows(text: &str, heading: &str) -> Vec<Vec<String>> {
         }
         let cells: Vec<String> = line
             .trim_matches('|')
-            .split(" | ")
+            .split('|')
             .map(|c| c.trim().to_string())
             .collect();
         rows.push(cells);
@@ -291,7 +291,7 @@ fn literals_after(source: &str, prefix: &str) -> BTreeSet<String> {
             let rest = rest.trim_start().strip_prefix('"')?;
             Some(rest.split('"').next()?.to_string())
         })
-        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()))
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
         .collect()
 }
 
@@ -428,16 +428,46 @@ async fn reference_lists_every_metric_with_its_type_and_labels() {
             .into_iter()
             .filter(|r| r.len() == 4)
             .collect();
+        // Every registered family is documented (a family without samples yet is not scraped:
+        // the registry in src/metrics.rs names them all), as scraped: counters with `_total`.
+        let registered = literals_after(
+            &std::fs::read_to_string(repo_root().join("src/metrics.rs")).unwrap(),
+            "registry.register(",
+        );
+        let documented_families: BTreeSet<String> = rows
+            .iter()
+            .map(|r| {
+                let name = code_spans(&r[0]).remove(0);
+                match r[1].as_str() {
+                    "counter" => name
+                        .strip_suffix("_total")
+                        .expect("a counter ends in _total")
+                        .into(),
+                    _ => name,
+                }
+            })
+            .collect();
+        assert_same("the registered metrics", &documented_families, &registered);
         let documented: BTreeSet<String> = rows.iter().flat_map(|r| code_spans(&r[0])).collect();
         let exposed: BTreeSet<String> = scraped
             .keys()
             .filter(|name| name.starts_with("jwtkeys_"))
             .cloned()
             .collect();
-        assert_same("the metrics", &documented, &exposed);
+        let undocumented: Vec<_> = exposed.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "scraped but not documented: {undocumented:?}"
+        );
+        assert!(
+            exposed.len() >= 5,
+            "a running operator with a key exposes most metrics: {exposed:?}"
+        );
         for row in &rows {
             let name = &code_spans(&row[0])[0];
-            let (kind, labels) = &scraped[name];
+            let Some((kind, labels)) = scraped.get(name) else {
+                continue;
+            };
             assert_eq!(&row[1], kind, "the type of {name}");
             let documented: BTreeSet<String> = code_spans(&row[2]).into_iter().collect();
             // A family without samples yet shows no labels; one with samples shows them all.

@@ -131,6 +131,14 @@ async fn a_secret_restored_from_before_a_revocation_never_publishes_the_revoked_
         )
         .await;
 
+        // The restore happened: the history holds the restored Secret, signing with the revoked key.
+        assert!(
+            history.versions()[revoked_at..]
+                .iter()
+                .any(|v| v.kind == "Secret"
+                    && v.kids.as_ref().and_then(|k| k.first()) == Some(&revoked)),
+            "the history recorded the restored Secret"
+        );
         let reappeared = config_map_versions_with(&history, revoked_at, &revoked);
         assert!(
             reappeared.is_empty(),
