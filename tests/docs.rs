@@ -783,3 +783,122 @@ fn every_shell_block_marker_is_known_and_every_link_to_a_doc_resolves() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Argo CD health check of docs/gitops.md
+
+/// A JSON value as a Lua table constructor (arrays 1-based, as `ipairs` walks them).
+fn lua_literal(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(lua_literal).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("[{k:?}] = {}", lua_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The health check's Lua, as `docs/gitops.md` gives it.
+fn argo_health_lua() -> String {
+    let block = blocks(&repo_root().join("docs/gitops.md"))
+        .into_iter()
+        .find(|b| {
+            b.text
+                .contains("resource.customizations.health.jwtkeys.dev_JwtSigningKey")
+        })
+        .expect("the health check in docs/gitops.md");
+    block
+        .text
+        .lines()
+        .skip_while(|l| !l.contains("resource.customizations.health"))
+        .skip(1)
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// (status, message) the health check gives for `object`; `None` without `lua5.4`.
+fn argo_health(object: &serde_json::Value) -> Option<(String, String)> {
+    let script = format!(
+        "local function check(obj)\n{}\nend\nlocal hs = check({})\nio.write(hs.status, \"\\n\", hs.message)\n",
+        argo_health_lua(),
+        lua_literal(object)
+    );
+    let output = match Command::new("lua5.4").arg("-").stdin_piped_write(&script) {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("running lua5.4: {e}"),
+    };
+    assert!(
+        output.status.success(),
+        "the health check failed:\n{script}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (status, message) = text.split_once('\n').expect("status and message");
+    Some((status.to_string(), message.to_string()))
+}
+
+/// Runs a command with `input` on its standard input.
+trait StdinWrite {
+    fn stdin_piped_write(&mut self, input: &str) -> std::io::Result<std::process::Output>;
+}
+
+impl StdinWrite for Command {
+    fn stdin_piped_write(&mut self, input: &str) -> std::io::Result<std::process::Output> {
+        use std::io::Write;
+        let mut child = self
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child.stdin.take().unwrap().write_all(input.as_bytes())?;
+        child.wait_with_output()
+    }
+}
+
+#[tokio::test]
+async fn the_argo_cd_health_check_follows_the_ready_condition_of_real_keys() {
+    if Command::new("lua5.4").arg("-v").output().is_err() {
+        eprintln!("skipped: no lua5.4 to run the Argo CD health check (apt-get install lua5.4)");
+        return;
+    }
+    with_temp_ns("docs-argo", |ns| async move {
+        install_crd(&ns.client).await;
+        let fresh = serde_json::to_value(jsk("fresh", json!({}))).unwrap();
+        let (status, _) = argo_health(&fresh).unwrap();
+        assert_eq!(status, "Progressing", "a key without a status");
+
+        let _operator = operator(&[&ns.name]);
+        create_ready(&ns, &jsk("auth", json!({}))).await;
+        let ready = serde_json::to_value(api(&ns).get("auth").await.unwrap()).unwrap();
+        let (status, message) = argo_health(&ready).unwrap();
+        assert_eq!(status, "Healthy", "{message}");
+        assert!(message.starts_with("KeysReady: "), "{message}");
+
+        // A spec the schema admits and the operator refuses.
+        let selector = json!({"namespaceSelector": {"matchExpressions": [{"key": "jwks", "operator": "Near"}]}});
+        create(&ns, &jsk("bad", json!({"publish": selector}))).await;
+        let bad = wait_ready(&ns, "bad", "False", "InvalidSpec").await;
+        let (status, message) = argo_health(&serde_json::to_value(bad).unwrap()).unwrap();
+        assert_eq!(status, "Degraded", "{message}");
+
+        // A spec change the operator has not handled yet is not healthy.
+        let mut stale = ready.clone();
+        stale["metadata"]["generation"] = json!(2);
+        let (status, _) = argo_health(&stale).unwrap();
+        assert_eq!(status, "Progressing", "a status of an older generation");
+    })
+    .await;
+}

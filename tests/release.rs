@@ -191,6 +191,30 @@ fn locked_versions() -> BTreeMap<String, Vec<String>> {
     versions
 }
 
+/// A Helm release that is uninstalled when the test ends, passed or failed: its ClusterRole for
+/// Namespaces would outlive the test's namespace otherwise.
+struct Installed {
+    release: String,
+    namespace: String,
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let output = common::helm()
+            .args(["uninstall", &self.release, "--namespace", &self.namespace])
+            .output();
+        if let Ok(output) = output
+            && !output.status.success()
+        {
+            eprintln!(
+                "helm uninstall {}: {}",
+                self.release,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_release_script_builds_artifacts_that_install() {
     with_temp_ns("release", |ns| async move {
@@ -305,6 +329,10 @@ async fn the_release_script_builds_artifacts_that_install() {
         let release = format!("jko-release-{}", common::random_suffix(5));
         // The CRD is shared by the tests (common::install_crd applies it), as in tests/chart.rs.
         common::install_crd(&ns.client).await;
+        let _installed = Installed {
+            release: release.clone(),
+            namespace: ns.name.clone(),
+        };
         run(common::helm()
             .args(["install", &release])
             .arg(&chart)
@@ -318,8 +346,9 @@ async fn the_release_script_builds_artifacts_that_install() {
             ])
             .args(["--set", "rbac.aggregate.enabled=false"]));
         let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+        let deployment_name = format!("{release}-jwt-key-operator");
         let deployment = deployments
-            .get(&release)
+            .get(&deployment_name)
             .await
             .expect("the release's Deployment");
         let image = deployment.spec.template.spec.unwrap().containers[0]
@@ -349,7 +378,7 @@ async fn the_release_script_builds_artifacts_that_install() {
                     "the operator pod to be Ready",
                     Duration::from_secs(180),
                     || async {
-                        let d = deployments.get(&release).await.ok()?;
+                        let d = deployments.get(&deployment_name).await.ok()?;
                         (d.status?.ready_replicas? >= 1).then_some(())
                     },
                 )
@@ -363,7 +392,6 @@ async fn the_release_script_builds_artifacts_that_install() {
                 .await;
             }
         }
-        run(common::helm().args(["uninstall", &release, "--namespace", &ns.name]));
     })
     .await;
 }
