@@ -327,6 +327,16 @@ async fn the_release_script_builds_artifacts_that_install() {
         );
         let watch = format!("watchNamespaces={{{}}}", ns.name);
         let release = format!("jko-release-{}", common::random_suffix(5));
+        if node.is_none() {
+            // The archived image, imported into the node's containerd as a registry would serve
+            // it, before the install so that the kubelet finds it at the first try.
+            let state = repo_root().join("target/control-plane");
+            run(Command::new(state.join("bin/ctr"))
+                .arg("--address")
+                .arg(state.join("node/containerd.sock"))
+                .args(["--namespace", "k8s.io", "images", "import"])
+                .arg(out.join(&operator_archive)));
+        }
         // The CRD is shared by the tests (common::install_crd applies it), as in tests/chart.rs.
         common::install_crd(&ns.client).await;
         let _installed = Installed {
@@ -366,14 +376,7 @@ async fn the_release_script_builds_artifacts_that_install() {
                 "skipped: running the archived image and creating a key need the node; {reason}"
             ),
             None => {
-                // The archived image, imported into the node's containerd as a registry would
-                // serve it; the chart's pod runs it and makes a key Ready.
-                let state = repo_root().join("target/control-plane");
-                run(Command::new(state.join("bin/ctr"))
-                    .arg("--address")
-                    .arg(state.join("node/containerd.sock"))
-                    .args(["--namespace", "k8s.io", "images", "import"])
-                    .arg(out.join(&operator_archive)));
+                // The chart's pod runs the archived image and makes a key Ready.
                 wait_for(
                     "the operator pod to be Ready",
                     Duration::from_secs(180),
