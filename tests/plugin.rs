@@ -443,6 +443,7 @@ async fn viewers_read_status_and_verify_tokens_editors_rotate_revoke_and_inspect
             );
         }
         assert_no_private_material(&secret, &private);
+        eprintln!("kubectl jwtkeys inspect secret:\n{}", secret.stdout);
         let as_json = users
             .run(
                 "editor",
@@ -495,6 +496,7 @@ async fn viewers_read_status_and_verify_tokens_editors_rotate_revoke_and_inspect
             verified.stdout
         );
         assert!(verified.stdout.contains("Active"), "{}", verified.stdout);
+        eprintln!("kubectl jwtkeys verify:\n{}", verified.stdout);
         users
             .run("viewer", &["verify", "-A", "-o", "json"], Some(&token))
             .fails_with(1, &["cannot list JwtSigningKeys in all namespaces"]);
