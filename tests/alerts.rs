@@ -3,7 +3,9 @@
 //! `promtool test rules` with the series an operator really exported in an end-to-end run (its
 //! `/metrics` text, names and labels as scraped), replayed once as they were (no alert fires) and
 //! once pushed into each alert's condition (each alert fires, with the labels the scrape implies). A
-//! rule that names a metric or label the operator does not export finds no series and fails.
+//! rule that names a metric or label the operator does not export finds no series and fails. The
+//! run makes every series exist: a copy namespace whose quota refuses ConfigMaps, a namespace whose
+//! quota refuses Secrets, and a watched namespace without the operator's RoleBinding.
 //! Also: the project's helm renders the chart without `--kube-version`.
 
 mod common;
@@ -17,8 +19,11 @@ use std::{
 };
 
 use common::{install_crd, wait_for, with_temp_ns};
-use k8s_openapi::api::core::v1::ResourceQuota;
-use kube::{Api, api::PostParams};
+use k8s_openapi::api::{core::v1::ResourceQuota, rbac::v1::RoleBinding};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, PostParams},
+};
 use serde_json::{Value, json};
 
 const RELEASE: &str = "jko";
@@ -141,6 +146,26 @@ async fn the_prometheus_rule_is_off_by_default_and_passes_promtool_check_rules()
         !render(&[]).iter().any(|d| d["kind"] == "PrometheusRule"),
         "off by default"
     );
+    for (bad, named) in [
+        ("prometheusRule.selector=job", "selector"),
+        (
+            "prometheusRule.publishedKeysWarning=65",
+            "publishedKeysWarning",
+        ),
+        ("prometheusRule.writeFailureFor=soon", "writeFailureFor"),
+    ] {
+        let output = common::helm()
+            .args(["template", RELEASE])
+            .arg(chart())
+            .args(["--set", "prometheusRule.enabled=true", "--set", bad])
+            .output()
+            .expect("running helm");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(named),
+            "{bad}: {stderr}"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     for values in [
         &[][..],
@@ -271,7 +296,10 @@ async fn every_alert_fires_on_the_operators_real_metrics_and_none_while_healthy(
         quota(&ns, &copy, "count/configmaps").await;
         let blocked = ns.extra("blocked", &[]).await;
         quota(&ns, &blocked, "count/secrets").await;
-        let mut operator = support::operator(&[&ns.name, &copy, &blocked]);
+        // A namespace the operator watches without the rights to (its RoleBinding deleted before
+        // the operator starts again): its lists fail.
+        let deaf = ns.extra("deaf", &[]).await;
+        let mut operator = support::operator(&[&ns.name, &copy, &blocked, &deaf]);
         operator.tolerate_refusals();
         support::create(
             &ns,
@@ -282,7 +310,7 @@ async fn every_alert_fires_on_the_operators_real_metrics_and_none_while_healthy(
             .create(&PostParams::default(), &support::jsk("blocked", json!({})))
             .await
             .unwrap();
-        let text = wait_for(
+        let first = wait_for(
             "the operator to count a publish failure and a Secret write failure",
             support::REACT,
             || async {
@@ -294,34 +322,53 @@ async fn every_alert_fires_on_the_operators_real_metrics_and_none_while_healthy(
             },
         )
         .await;
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or(&text);
-        let samples = parse_exposition(body);
+        // A process whose lists keep failing reconciles nothing (it waits for its caches): its
+        // watch errors come from a second scrape, as another instance of the same job.
+        Api::<RoleBinding>::namespaced(ns.client.clone(), &deaf)
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await
+            .expect("deleting the operator's RoleBinding");
+        operator.restart();
+        // The scrape finds the port in the log: the new process's, once it serves.
+        wait_for(
+            "the restarted operator to serve /metrics",
+            support::REACT,
+            || async { (operator.logs().matches("serving /metrics").count() >= 2).then_some(()) },
+        )
+        .await;
+        let second = wait_for(
+            "the operator to count failed lists",
+            support::REACT,
+            || async {
+                let text = support::metrics(&operator).await;
+                text.contains("jwtkeys_watch_errors_total{").then_some(text)
+            },
+        )
+        .await;
+        let body_of = |text: &str| text.split("\r\n\r\n").nth(1).unwrap_or(text).to_string();
+        let with_instance = |mut sample: Sample, instance: &str| {
+            sample.labels.insert("instance".into(), instance.into());
+            sample
+        };
+        let mut samples: Vec<Sample> = parse_exposition(&body_of(&first))
+            .into_iter()
+            .map(|s| with_instance(s, "a"))
+            .collect();
+        samples.extend(
+            parse_exposition(&body_of(&second))
+                .into_iter()
+                .filter(|s| s.name == "jwtkeys_watch_errors_total")
+                .map(|s| with_instance(s, "b")),
+        );
+        let body = format!("{}\n{}", body_of(&first), body_of(&second));
         let of =
             |name: &str| -> Vec<&Sample> { samples.iter().filter(|s| s.name == name).collect() };
 
-        // No failing watch in this run: its family is declared (TYPE line) without samples, so
-        // its series is made up with the label the operator documents (`resource`).
-        assert!(
-            body.contains("# TYPE jwtkeys_watch_errors counter"),
-            "the operator exports jwtkeys_watch_errors:\n{body}"
-        );
-        let mut watch = of("jwtkeys_watch_errors_total")
+        let watch: Vec<Sample> = of("jwtkeys_watch_errors_total")
             .into_iter()
             .cloned()
-            .collect::<Vec<_>>();
-        if watch.is_empty() {
-            watch.push(Sample {
-                name: "jwtkeys_watch_errors_total".into(),
-                labels: BTreeMap::from([("resource".into(), "namespaces".into())]),
-                value: "0".into(),
-            });
-        }
-        let mut all: Vec<Sample> = samples
-            .iter()
-            .filter(|s| s.name != "jwtkeys_watch_errors_total")
-            .cloned()
             .collect();
-        all.extend(watch.iter().cloned());
+        let all = samples.clone();
 
         // As scraped: constant values for two hours.
         let steady = |s: &Sample| format!("{}+0x120", s.value);
