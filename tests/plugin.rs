@@ -512,6 +512,9 @@ async fn viewers_read_status_and_verify_tokens_editors_rotate_revoke_and_inspect
         assert_eq!(verified["state"], "Active");
         assert_eq!(verified["configMaps"].as_array().unwrap().len(), 2);
         assert!(verified["keyRemovedAfter"].is_string(), "{verified}");
+        users
+            .run("viewer", &["verify", "--token", "not-a-jwt"], None)
+            .fails_with(1, &["the token does not parse as a JWT"]);
         let mut tampered = token.clone();
         tampered.truncate(token.len() - 4);
         tampered.push_str("AAAA");

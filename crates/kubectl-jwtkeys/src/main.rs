@@ -152,7 +152,32 @@ fn print<T: Serialize>(output: Output, value: &T, table: impl FnOnce() -> String
     Ok(())
 }
 
+/// The token of `verify`: `--token`, else stdin; checked before anything connects.
+fn read_token(token: Option<String>) -> Result<String> {
+    let token = match token {
+        Some(token) => token,
+        None => {
+            let mut token = String::new();
+            std::io::stdin()
+                .read_to_string(&mut token)
+                .map_err(|e| Error::Invalid(format!("reading the token from stdin: {e}")))?;
+            token
+        }
+    };
+    if token.trim().is_empty() {
+        return Err(Error::Invalid(
+            "no token: pass --token or pipe one into stdin".into(),
+        ));
+    }
+    verify::check(&token)?;
+    Ok(token)
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let token = match &cli.command {
+        Command::Verify { token, .. } => Some(read_token(token.clone())?),
+        _ => None,
+    };
     let cluster = Cluster::connect(cli.context, cli.namespace).await?;
     let now = Timestamp::now();
     match cli.command {
@@ -211,25 +236,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             print(output, &inspection, || inspect::render(&inspection, now))?;
         }
         Command::Verify {
-            token,
             all_namespaces,
             output,
+            ..
         } => {
-            let token = match token {
-                Some(token) => token,
-                None => {
-                    let mut token = String::new();
-                    std::io::stdin().read_to_string(&mut token).map_err(|e| {
-                        Error::Invalid(format!("reading the token from stdin: {e}"))
-                    })?;
-                    token
-                }
-            };
-            if token.trim().is_empty() {
-                return Err(Error::Invalid(
-                    "no token: pass --token or pipe one into stdin".into(),
-                ));
-            }
+            let token = token.expect("read before connecting");
             let verification = verify::verify(&cluster, &token, all_namespaces).await?;
             print(output, &verification, || verify::render(&verification, now))?;
             if !verification.verifies_everywhere {

@@ -65,6 +65,11 @@ struct Parsed {
     expires: Option<Timestamp>,
 }
 
+/// Whether `token` is a JWT with a `kid` (before anything connects).
+pub fn check(token: &str) -> Result<()> {
+    parse(token.trim()).map(|_| ())
+}
+
 fn parse(token: &str) -> Result<Parsed> {
     let header = jsonwebtoken::decode_header(token)
         .map_err(|e| Error::Invalid(format!("the token does not parse as a JWT: {e}")))?;
