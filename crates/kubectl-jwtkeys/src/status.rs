@@ -76,7 +76,12 @@ pub async fn report(cluster: &Cluster, key: &JwtSigningKey) -> KeyReport {
             status: c.status.clone(),
             reason: c.reason.clone(),
             message: c.message.clone(),
-            current: status.observed_generation == key.metadata.generation,
+            // Not every status write records a generation (a failed reconcile may not): only a
+            // recorded older one says that the condition predates the spec.
+            current: match (status.observed_generation, key.metadata.generation) {
+                (Some(observed), Some(generation)) => observed >= generation,
+                _ => true,
+            },
         })
         .unwrap_or(Ready {
             status: "Unknown".into(),
