@@ -15,12 +15,14 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin jwt-key-operator \
- && cp target/release/jwt-key-operator /jwt-key-operator
+# The kubectl plugin ships too, for `kubectl exec` or `kubectl cp` out of the image
+# (crates/kubectl-jwtkeys; docs/operations.md).
+RUN cargo build --release --locked --workspace --bin jwt-key-operator --bin kubectl-jwtkeys \
+ && cp target/release/jwt-key-operator target/release/kubectl-jwtkeys /
 
 # distroless/cc: glibc, libgcc_s, CA certificates and /etc/passwd; no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /jwt-key-operator /usr/local/bin/jwt-key-operator
+COPY --from=build /jwt-key-operator /kubectl-jwtkeys /usr/local/bin/
 # 65532 is distroless's "nonroot" user. The chart pins no UID or GID: it sets runAsNonRoot, which
 # needs this numeric USER, and platforms that assign UIDs (OpenShift) may run it as another one.
 USER 65532:65532

@@ -349,11 +349,13 @@ async fn healthz(State(served): State<Served>) -> Response {
 }
 
 /// The routes: the JWK set at the root and, with an issuer, under the issuer's path next to the
-/// discovery document; `/healthz`; 404 for anything else, 405 for methods other than GET/HEAD.
+/// discovery document; `/healthz` and `/readyz`; 404 for anything else, 405 for methods other than GET/HEAD.
 fn router(served: Served) -> Router {
     let mut router = Router::new()
         .route(JWKS_PATH, get(jwks))
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        // Kubernetes probes and the operator's own endpoints use both names; same answer.
+        .route("/readyz", get(healthz));
     if let Some(issuer) = &served.issuer {
         router = router.route(&format!("{}{DISCOVERY_PATH}", issuer.path), get(discovery));
         if !issuer.path.is_empty() {

@@ -656,3 +656,53 @@ fn with_an_issuer_the_discovery_document_points_at_the_jwk_set() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn readyz_answers_as_healthz_does() {
+    let [key] = keys(1).try_into().ok().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mount = KubeletDir::new(tmp.path().join("jwks"), &[]);
+    let server = Server::start(mount.path(), &[]);
+    // Not ready before a first valid set, as /healthz.
+    assert_eq!(server.get("/readyz").status, 503);
+    mount.publish(&published(&[&key]));
+    server.wait_serving(&[&key.kid]);
+    let ready = server.get("/readyz");
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["kids"], json!([key.kid]));
+    assert_eq!(ready.json()["status"], "ok");
+}
+
+#[test]
+fn one_swap_of_the_mount_logs_one_reload() {
+    let [first, second] = keys(2).try_into().ok().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mount = KubeletDir::new(tmp.path().join("jwks"), &published(&[&first]));
+    let server = Server::start(mount.path(), &[]);
+    server.wait_serving(&[&first.kid]);
+    mount.publish(&published(&[&second, &first]));
+    server.wait_serving(&[&second.kid, &first.kid]);
+    // The kubelet writes a new timestamped directory for any change of the ConfigMap, and the
+    // files this server reads may be the same: not a change of the keys.
+    mount.publish(&published(&[&second, &first]));
+    assert!(
+        wait_for(RELOAD, || server.get("/healthz").json()["loads"] == 3),
+        "the second swap is read: {}",
+        server.logs()
+    );
+    // Late duplicates would come from the watcher's remaining events or the next poll (every
+    // 5 s): wait until a poll has certainly run since the swap, then count.
+    let polled = Instant::now() + Duration::from_secs(6);
+    let reloads = |logs: &str| {
+        logs.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["message"] == "reloaded keys")
+            .count()
+    };
+    while Instant::now() < polled {
+        assert!(reloads(&server.logs()) <= 1, "{}", server.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(reloads(&server.logs()), 1, "{}", server.logs());
+    assert_eq!(server.get("/healthz").json()["loads"], 3);
+}

@@ -278,9 +278,21 @@ impl<T: Load> Shared<T> {
         }
         match loaded {
             Ok(value) => {
-                tracing::info!(
-                    dir = %self.dir.display(), ?trigger, keys = %value.describe(), "reloaded keys"
-                );
+                // The files change without the keys changing: the kubelet writes a new
+                // timestamped directory for any change of the ConfigMap (a file this type does
+                // not read, a resync), and several watch events and the poll can each see a new
+                // fingerprint of one swap. Only a change of the keys is news.
+                let keys = value.describe();
+                if keys == self.current.load().describe() {
+                    tracing::debug!(
+                        dir = %self.dir.display(), ?trigger, keys = %keys,
+                        "re-read keys; unchanged"
+                    );
+                } else {
+                    tracing::info!(
+                        dir = %self.dir.display(), ?trigger, keys = %keys, "reloaded keys"
+                    );
+                }
                 self.current.store(Arc::new(value));
                 state.loaded = fingerprint;
                 state.failed = None;
