@@ -426,12 +426,7 @@ async fn every_alert_fires_on_the_operators_real_metrics_and_none_while_healthy(
             ),
             (
                 "JwtKeysPublishFailing",
-                per_key(&[
-                    "PublishFailed",
-                    "ApplyConfigMap",
-                    "DeleteConfigMap",
-                    "GetConfigMap",
-                ]),
+                per_key(&["PublishFailed", "DeleteConfigMap", "GetConfigMap"]),
             ),
             (
                 "JwtKeysSecretWriteFailing",

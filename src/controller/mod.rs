@@ -161,7 +161,7 @@ impl Error {
             Error::GetSecret(..) => "GetSecret",
             Error::GetConfigMap(..) => "GetConfigMap",
             Error::ApplySecret(..) => "ApplySecret",
-            Error::ApplyConfigMap(..) => "ApplyConfigMap",
+            Error::ApplyConfigMap(..) => "PublishFailed",
             Error::DeleteConfigMap(..) => "DeleteConfigMap",
             Error::Publish(_) => "PublishFailed",
             Error::GetStatus(_) => "GetStatus",
@@ -340,11 +340,7 @@ impl Context {
             error.brief(),
             Instant::now(),
         );
-        let action = match error {
-            Error::ApplyConfigMap(..) => "PublishFailed",
-            other => other.metric_label(),
-        };
-        self.metrics.reconcile_error(jsk, action);
+        self.metrics.reconcile_error(jsk, error.metric_label());
         warn!(kind = target.kind, namespace = target.namespace, name = target.name, error = %error.brief(), retry_in = ?delay, "write failed");
     }
 
