@@ -277,6 +277,8 @@ impl<'a> Publisher<'a> {
             let held = kids_of(target.current.as_ref());
             work.push((ns.clone(), target.current.take(), desired, held));
         }
+        // The home ConfigMap first: with many copies, its repair never waits behind theirs.
+        work.sort_by_key(|(ns, ..)| *ns != run.namespace);
         let results: Vec<_> = stream::iter(work)
             .map(|(ns, current, desired, held)| async move {
                 let result = run.write_config_map(current.as_ref(), desired).await;
