@@ -754,10 +754,10 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
                     EventType::Normal,
                     "KeyCreated",
                     format!(
-                        "Generated {} key {} ({}-bit)",
+                        "Generated {} key {} ({})",
                         pair.jwk.alg,
                         pair.kid(),
-                        jsk.spec.key_size
+                        pair.description()
                     ),
                 ));
                 private.insert(pair.kid().to_string(), pair);
@@ -1105,7 +1105,7 @@ fn take_annotations(
 
 impl Reconciliation<'_> {
     async fn generate_key(&self) -> Result<KeyPair> {
-        let bits = self.jsk.spec.key_size as usize;
+        let bits = self.jsk.spec.rsa_key_size() as usize;
         let algorithm = self.jsk.spec.algorithm;
         let _permit = self
             .ctx
@@ -1118,7 +1118,7 @@ impl Reconciliation<'_> {
             .await
             .map_err(Error::KeyTask)?
             .map_err(Error::GenerateKey)?;
-        self.ctx.metrics.key_generated(bits, started.elapsed());
+        self.ctx.metrics.key_generated(&pair, started.elapsed());
         Ok(pair)
     }
 

@@ -2,7 +2,7 @@
 //! the Secret's `state.json` and private keys, the public keys published in every owned ConfigMap,
 //! and the status. The state is a cache, not an authority:
 //! - a kid that is published and unknown to the state is kept until at least now + L + P;
-//! - a record whose kid is not the RFC 7638 thumbprint of its `n`/`e` is dropped and rebuilt from
+//! - a record whose kid is not the RFC 7638 thumbprint of its key is dropped and rebuilt from
 //!   the private key or the published JWK of that kid, so a published JWK always matches the
 //!   private key it stands for;
 //! - the key in `private.pem` is the signing key when it is known (state, publication or status);
@@ -15,7 +15,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     crd::{Algorithm, JwtSigningKeyStatus, KeyState, MAX_PUBLISHED_KEYS, Timing},
-    keys::{Jwk, KeyPair, thumbprint},
+    keys::{Jwk, KeyPair},
     schedule::{self, KeyRecord, KeySet, PendingKey},
     time::{parse_rfc3339, plus, rfc3339_secs},
 };
@@ -50,7 +50,7 @@ pub struct Rebuilt {
 }
 
 fn is_valid(jwk: &Jwk) -> bool {
-    jwk.kty == "RSA" && jwk.kid == thumbprint(&jwk.n, &jwk.e)
+    jwk.is_consistent()
 }
 
 fn parse_time(value: Option<&str>) -> Option<Timestamp> {
