@@ -83,8 +83,13 @@ pub struct JwtSigningKeySpec {
     /// RSA modulus size in bits, for RS* and PS* only (default 2048); refused with ES256, ES384
     /// and EdDSA, whose curve fixes the size. Changing it takes effect with the next key.
     // No schema default: the API server would write 2048 into every object, EC and OKP included.
+    // Not nullable either, so that the API server prunes `keySize: null` instead of refusing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 2048, max = 4096), extend("enum" = [2048, 3072, 4096], "format" = "int32"))]
+    #[schemars(
+        with = "u32",
+        range(min = 2048, max = 4096),
+        extend("enum" = [2048, 3072, 4096], "format" = "int32")
+    )]
     pub key_size: Option<u32>,
 
     /// How long each key signs before the next key takes over (Go-style duration, minimum 10s).
