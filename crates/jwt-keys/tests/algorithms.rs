@@ -7,8 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
-use aws_lc_rs::signature::{self as sig, KeyPair as _};
+use aws_lc_rs::signature as sig;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
@@ -27,105 +26,6 @@ fn claims() -> Claims {
         sub: "alice".into(),
         exp: now() + 600,
     }
-}
-
-/// A key of any type, as the operator writes it: PKCS#8 private PEM, SPKI public PEM, the JWK
-/// and its RFC 7638 thumbprint.
-#[derive(Clone)]
-struct AnyKey {
-    alg: &'static str,
-    private_pem: String,
-    public_pem: String,
-    jwk: Value,
-    kid: String,
-}
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn sha256_b64(text: &str) -> String {
-    b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref())
-}
-
-impl AnyKey {
-    fn generate(alg: &'static str) -> AnyKey {
-        let (private_der, public_der, mut jwk, canonical): (Vec<u8>, Vec<u8>, Value, String) =
-            match alg {
-                "ES256" | "ES384" => {
-                    let (signing, crv, size) = if alg == "ES256" {
-                        (&sig::ECDSA_P256_SHA256_FIXED_SIGNING, "P-256", 32)
-                    } else {
-                        (&sig::ECDSA_P384_SHA384_FIXED_SIGNING, "P-384", 48)
-                    };
-                    let key = sig::EcdsaKeyPair::generate(signing).unwrap();
-                    let point = key.public_key().as_ref();
-                    let (x, y) = (b64(&point[1..=size]), b64(&point[1 + size..]));
-                    let spki: PublicKeyX509Der<'static> = key.public_key().as_der().unwrap();
-                    (
-                        key.to_pkcs8v1().unwrap().as_ref().to_vec(),
-                        spki.as_ref().to_vec(),
-                        json!({"kty": "EC", "use": "sig", "alg": alg, "crv": crv, "x": x, "y": y}),
-                        format!(r#"{{"crv":"{crv}","kty":"EC","x":"{x}","y":"{y}"}}"#),
-                    )
-                }
-                "EdDSA" => {
-                    let key = sig::Ed25519KeyPair::generate().unwrap();
-                    let x = b64(key.public_key().as_ref());
-                    let spki: PublicKeyX509Der<'static> = key.public_key().as_der().unwrap();
-                    (
-                        key.to_pkcs8v1().unwrap().as_ref().to_vec(),
-                        spki.as_ref().to_vec(),
-                        json!({"kty": "OKP", "use": "sig", "alg": alg, "crv": "Ed25519", "x": x}),
-                        format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
-                    )
-                }
-                _ => {
-                    let key = keys(1).remove(0);
-                    let kid = key.kid.clone();
-                    return AnyKey {
-                        alg,
-                        jwk: key.jwk(alg),
-                        private_pem: key.private_pem,
-                        public_pem: key.public_pem,
-                        kid,
-                    };
-                }
-            };
-        let kid = sha256_b64(&canonical);
-        jwk["kid"] = json!(kid);
-        AnyKey {
-            alg,
-            private_pem: pem_of("PRIVATE KEY", &private_der),
-            public_pem: pem_of("PUBLIC KEY", &public_der),
-            jwk,
-            kid,
-        }
-    }
-
-    fn secret_files(&self) -> Vec<(String, Vec<u8>)> {
-        vec![
-            ("private.pem".into(), self.private_pem.clone().into_bytes()),
-            ("public.pem".into(), self.public_pem.clone().into_bytes()),
-            ("kid".into(), self.kid.clone().into_bytes()),
-            ("algorithm".into(), self.alg.as_bytes().to_vec()),
-        ]
-    }
-}
-
-fn configmap(keys: &[&AnyKey]) -> Vec<(String, Vec<u8>)> {
-    let jwks = json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
-    let mut files = vec![(
-        "jwks.json".to_owned(),
-        serde_json::to_vec_pretty(&jwks).unwrap(),
-    )];
-    for key in keys {
-        files.push((
-            format!("{}.pem", key.kid),
-            key.public_pem.clone().into_bytes(),
-        ));
-    }
-    files
 }
 
 const ALGORITHMS: [&str; 9] = [
@@ -164,7 +64,7 @@ fn every_algorithm_signs_and_verifies_with_its_kid_and_alg() {
         let key = AnyKey::generate(alg);
         let tmp = tempfile::tempdir().unwrap();
         let secret = KubeletDir::new(tmp.path().join("s"), &key.secret_files());
-        let cm = KubeletDir::new(tmp.path().join("c"), &configmap(&[&key]));
+        let cm = KubeletDir::new(tmp.path().join("c"), &any_configmap(&[&key]));
         let signer = Signer::from_dir(secret.path()).unwrap();
         let verifier = Verifier::from_dir(cm.path()).unwrap();
         let token = signer.sign(&claims()).unwrap();
@@ -221,7 +121,7 @@ fn a_token_whose_alg_is_not_its_keys_alg_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let cm = KubeletDir::new(
         tmp.path().join("c"),
-        &configmap(&[&es256, &es384, &eddsa, &rs256]),
+        &any_configmap(&[&es256, &es384, &eddsa, &rs256]),
     );
     let verifier = Verifier::from_dir(cm.path()).unwrap();
     let sign = |key: &AnyKey| {
@@ -356,7 +256,7 @@ fn the_signer_and_verifier_follow_a_change_of_algorithm_through_the_mount() {
     let eddsa = AnyKey::generate("EdDSA");
     let tmp = tempfile::tempdir().unwrap();
     let mut secret = KubeletDir::new(tmp.path().join("s"), &rs256.secret_files());
-    let mut cm = KubeletDir::new(tmp.path().join("c"), &configmap(&[&rs256]));
+    let mut cm = KubeletDir::new(tmp.path().join("c"), &any_configmap(&[&rs256]));
     let signer = Signer::builder(secret.path())
         .poll_interval(Some(Duration::from_millis(20)))
         .build()
@@ -369,7 +269,7 @@ fn the_signer_and_verifier_follow_a_change_of_algorithm_through_the_mount() {
     let mut published = vec![&rs256];
     for next in [&es256, &eddsa] {
         published.insert(0, next);
-        cm.publish(&configmap(&published));
+        cm.publish(&any_configmap(&published));
         secret.publish(&next.secret_files());
         assert!(
             wait_for(Duration::from_secs(10), || signer.current_key().kid
