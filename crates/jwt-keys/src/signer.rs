@@ -72,20 +72,19 @@ fn found_key(pem: &[u8]) -> Option<&'static str> {
         return Some("an RSA key");
     }
     if let Ok(key) = EncodingKey::from_ec_pem(pem) {
-        #[cfg(feature = "aws_lc_rs")]
-        {
-            use aws_lc_rs::signature as sig;
-            for (curve, alg) in [
-                ("a P-256 key", &sig::ECDSA_P256_SHA256_FIXED_SIGNING),
-                ("a P-384 key", &sig::ECDSA_P384_SHA384_FIXED_SIGNING),
-            ] {
-                if sig::EcdsaKeyPair::from_pkcs8(alg, key.as_bytes()).is_ok() {
-                    return Some(curve);
-                }
-            }
-        }
-        let _ = key;
-        return Some("an EC key");
+        // The curve's OID in the PKCS#8 AlgorithmIdentifier (RFC 5480): 1.2.840.10045.3.1.7 is
+        // P-256, 1.3.132.0.34 is P-384. Read from the DER, so that both backends name it.
+        const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+        let der = key.as_bytes();
+        let holds = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+        return Some(if holds(P256) {
+            "a P-256 key"
+        } else if holds(P384) {
+            "a P-384 key"
+        } else {
+            "an EC key"
+        });
     }
     EncodingKey::from_ed_pem(pem)
         .ok()
