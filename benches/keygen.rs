@@ -131,20 +131,20 @@ fn openssl_speed(test: &str, line_marker: &str, seconds: u32) -> Option<(f64, f6
     Some((1e6 / sign_rate, 1e6 / verify_rate))
 }
 
+type SignFn = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+type VerifyFn = Box<dyn Fn(&[u8], &[u8]) -> bool>;
+
 /// A signer and verifier of one key, parsed once, as the consumer crate holds them.
 struct Signing {
-    sign: Box<dyn Fn(&[u8]) -> Vec<u8>>,
-    verify: Box<dyn Fn(&[u8], &[u8]) -> bool>,
+    sign: SignFn,
+    verify: VerifyFn,
 }
 
 fn signing(pair: &KeyPair, algorithm: Algorithm) -> Signing {
     use aws_lc_rs::signature as sig;
     let der = pem::parse(pair.private_pem()).unwrap().into_contents();
     let spki = pem::parse(&pair.public_pem).unwrap().into_contents();
-    let (verification, sign): (
-        &'static dyn sig::VerificationAlgorithm,
-        Box<dyn Fn(&[u8]) -> Vec<u8>>,
-    ) = match algorithm {
+    let (verification, sign): (&'static dyn sig::VerificationAlgorithm, SignFn) = match algorithm {
         Algorithm::ES256 | Algorithm::ES384 => {
             let (signing, verification) = if algorithm == Algorithm::ES256 {
                 (
