@@ -512,3 +512,77 @@ async fn a_live_change_of_algorithm_rs256_es256_eddsa_rs256_fails_no_token() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_hand_edited_secret_whose_key_does_not_fit_its_algorithm_loses_nothing_published() {
+    with_temp_ns("alg-edit", |ns| async move {
+        install_crd(&ns.client).await;
+        let _operator = operator(&[&ns.name]);
+        let spec =
+            json!({"rotationInterval": "1h", "propagationDelay": "5s", "maxTokenLifetime": "1h"});
+        let first = create_ready(&ns, &jsk("auth", spec)).await;
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(ns.client.clone(), &ns.name);
+        let edit = |entries: Value| {
+            let secrets = secrets.clone();
+            async move {
+                secrets
+                    .patch(
+                        "auth-signing-key",
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"stringData": entries})),
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+
+        // The algorithm entry names ES256 while private.pem holds the RSA key: the edit is undone.
+        edit(json!({"algorithm": "ES256"})).await;
+        wait_for("the algorithm entry restored", REACT, || async {
+            let secret = secret_text(&ns.client, &ns.name, "auth-signing-key").await?;
+            (secret[resources::ALGORITHM] == "RS256" && secret[resources::KID] == first)
+                .then_some(())
+        })
+        .await;
+
+        // private.pem replaced by a P-256 key the operator never published, still named RS256.
+        let foreign =
+            jwt_key_operator::keys::KeyPair::generate(0, jwt_key_operator::crd::Algorithm::ES256)
+                .unwrap();
+        edit(json!({"private.pem": foreign.private_pem()})).await;
+        let secret = wait_for("a signing key the operator published", REACT, || async {
+            let secret = secret_text(&ns.client, &ns.name, "auth-signing-key").await?;
+            let data = config_map_data(&ns.client, &ns.name, "auth-jwks").await?;
+            (secret[resources::KID] != foreign.kid()
+                && jwks_kids(&data).contains(&secret[resources::KID])
+                && !secret[resources::PRIVATE_PEM]
+                    .contains(foreign.private_pem().lines().nth(1).unwrap()))
+            .then_some(secret)
+        })
+        .await;
+        // Whatever signs now is an RSA key named RS256, and its tokens verify.
+        assert_eq!(secret[resources::ALGORITHM], "RS256");
+        let data = config_map_data(&ns.client, &ns.name, "auth-jwks")
+            .await
+            .unwrap();
+        let token = sign(&secret, Duration::from_secs(60)).unwrap();
+        verify(&token, &data[resources::JWKS_JSON]).unwrap();
+        // Nothing published was lost, and the foreign key was never published.
+        let kids = jwks_kids(&data);
+        assert!(
+            kids.contains(&first),
+            "the first key stays published: {kids:?}"
+        );
+        assert!(!kids.contains(&foreign.kid().to_string()), "{kids:?}");
+        let jwks: Value = serde_json::from_str(&data[resources::JWKS_JSON]).unwrap();
+        assert!(
+            jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|k| k["kty"] == "RSA" && k["alg"] == "RS256")
+        );
+    })
+    .await;
+}
