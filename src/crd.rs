@@ -45,8 +45,9 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
     shortname = "jsk",
     namespaced,
     status = "JwtSigningKeyStatus",
-    doc = "An RSA key pair for signing JWTs, rotated on a schedule. The signing key is written to a \
-           Secret; every public key that verifiers may need is published as JWKS and PEM in ConfigMaps.",
+    doc = "A key pair for signing JWTs (RSA, P-256, P-384 or Ed25519), rotated on a schedule. The \
+           signing key is written to a Secret; every public key that verifiers may need is published \
+           as JWKS and PEM in ConfigMaps.",
     printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.algorithm"}"#,
     printcolumn = r#"{"name":"Active Key","type":"string","jsonPath":".status.activeKeyId"}"#,
     printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotationTime"}"#,
@@ -61,22 +62,35 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
         .reason(Reason::FieldValueInvalid),
     validation = Rule::new(
         "duration(self.maxTokenLifetime).getMilliseconds() + duration(self.propagationDelay).getMilliseconds() \
-         <= 62 * duration(self.rotationInterval).getMilliseconds()"
+         <= (has(self.keySize) && self.keySize == 4096 ? 55 : 62) * duration(self.rotationInterval).getMilliseconds()"
     )
-        .message("maxTokenLifetime + propagationDelay must be at most 62 x rotationInterval, \
-                  or more than 64 keys would be published at once")
+        .message("maxTokenLifetime + propagationDelay must be at most 62 x rotationInterval (55 x with \
+                  keySize 4096), or more than 64 keys (57 RSA-4096 keys) would be published at once \
+                  and the JWKS could exceed 50000 bytes")
         .field_path(".maxTokenLifetime")
-        .reason(Reason::FieldValueInvalid)
+        .reason(Reason::FieldValueInvalid),
+    validation = Rule::new("!has(self.keySize) || self.algorithm.startsWith('RS') || self.algorithm.startsWith('PS')")
+        .message("keySize applies to RSA algorithms only (RS256 ... PS512); remove it for ES256, ES384 and EdDSA, \
+                  whose curve fixes the key size")
+        .field_path(".keySize")
+        .reason(Reason::FieldValueForbidden)
 )]
 pub struct JwtSigningKeySpec {
     /// JWS algorithm the keys sign with. Changing it takes effect with the next key.
     #[serde(default)]
     pub algorithm: Algorithm,
 
-    /// RSA modulus size in bits. Changing it takes effect with the next key.
-    #[serde(default = "default_key_size")]
-    #[schemars(range(min = 2048, max = 4096), extend("enum" = [2048, 3072, 4096], "format" = "int32"))]
-    pub key_size: u32,
+    /// RSA modulus size in bits, for RS* and PS* only (default 2048); refused with ES256, ES384
+    /// and EdDSA, whose curve fixes the size. Changing it takes effect with the next key.
+    // No schema default: the API server would write 2048 into every object, EC and OKP included.
+    // Not nullable either, so that the API server prunes `keySize: null` instead of refusing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        with = "u32",
+        range(min = 2048, max = 4096),
+        extend("enum" = [2048, 3072, 4096], "format" = "int32")
+    )]
+    pub key_size: Option<u32>,
 
     /// How long each key signs before the next key takes over (Go-style duration, minimum 10s).
     #[serde(default = "default_rotation_interval")]
@@ -131,7 +145,7 @@ pub struct JwtSigningKeySpec {
     pub publish: Option<PublishSpec>,
 }
 
-/// JWS algorithms backed by RSA keys.
+/// JWS algorithms: RSA (PKCS#1 v1.5 and PSS), ECDSA on P-256 and P-384, and EdDSA on Ed25519.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     /// RSASSA-PKCS1-v1_5 with SHA-256.
@@ -147,9 +161,70 @@ pub enum Algorithm {
     PS384,
     /// RSASSA-PSS with SHA-512.
     PS512,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// ECDSA on P-384 with SHA-384.
+    ES384,
+    /// EdDSA on Ed25519 (RFC 8037).
+    EdDSA,
+}
+
+/// The kind of key an algorithm signs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    /// An RSA key (`kty: RSA`) of 2048, 3072 or 4096 bits.
+    Rsa,
+    /// An EC key on NIST P-256 (`kty: EC, crv: P-256`).
+    P256,
+    /// An EC key on NIST P-384 (`kty: EC, crv: P-384`).
+    P384,
+    /// An Ed25519 key (`kty: OKP, crv: Ed25519`).
+    Ed25519,
+}
+
+impl KeyType {
+    /// How the key type is named in events and errors: `RSA`, `P-256`, `P-384`, `Ed25519`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::Rsa => "RSA",
+            KeyType::P256 => "P-256",
+            KeyType::P384 => "P-384",
+            KeyType::Ed25519 => "Ed25519",
+        }
+    }
+
+    /// The algorithm a key of this type is published with when nothing else is known: the only
+    /// one for EC and OKP keys, RS256 for RSA.
+    pub fn default_algorithm(self) -> Algorithm {
+        match self {
+            KeyType::Rsa => Algorithm::RS256,
+            KeyType::P256 => Algorithm::ES256,
+            KeyType::P384 => Algorithm::ES384,
+            KeyType::Ed25519 => Algorithm::EdDSA,
+        }
+    }
+}
+
+impl std::fmt::Display for KeyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Algorithm {
+    /// Every algorithm, in the order of the CRD's enum.
+    pub const ALL: [Algorithm; 9] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
     /// The JOSE name, e.g. `RS256`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -159,7 +234,35 @@ impl Algorithm {
             Algorithm::PS256 => "PS256",
             Algorithm::PS384 => "PS384",
             Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
         }
+    }
+
+    /// The algorithm of a JOSE name (exact, case-sensitive as JOSE is).
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|alg| alg.as_str() == name)
+    }
+
+    /// The kind of key this algorithm signs with.
+    pub fn key_type(self) -> KeyType {
+        match self {
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => KeyType::Rsa,
+            Algorithm::ES256 => KeyType::P256,
+            Algorithm::ES384 => KeyType::P384,
+            Algorithm::EdDSA => KeyType::Ed25519,
+        }
+    }
+
+    /// Whether the algorithm signs with RSA keys (the only ones `keySize` applies to).
+    pub fn is_rsa(self) -> bool {
+        self.key_type() == KeyType::Rsa
     }
 }
 
@@ -189,9 +292,9 @@ pub struct PublishSpec {
     pub namespace_selector: Option<LabelSelector>,
 }
 
-fn default_key_size() -> u32 {
-    2048
-}
+/// RSA modulus size when `keySize` is not set.
+pub const DEFAULT_RSA_KEY_SIZE: u32 = 2048;
+
 fn default_rotation_interval() -> String {
     "720h".into()
 }
@@ -337,6 +440,16 @@ pub enum SpecError {
 /// Most keys a schedule may keep published at once.
 pub const MAX_PUBLISHED_KEYS: u64 = 64;
 
+/// Most 4096-bit RSA keys a schedule may keep published at once: 57 of them make a `jwks.json` of
+/// about 48,500 bytes, 58 come within about 650 bytes of [`MAX_JWKS_BYTES`] and 59 pass it (a
+/// unit test measures it). 2048- and 3072-bit RSA, EC and OKP keys fit 64 times (about 32,700,
+/// 43,500, 17,400 (P-256), 20,100 (P-384) and 13,900 (Ed25519) bytes).
+pub const MAX_PUBLISHED_RSA_4096_KEYS: u64 = 57;
+
+/// Largest `jwks.json` the operator may publish: Nimbus JOSE+JWT, behind Spring Security, refuses
+/// larger sets by default.
+pub const MAX_JWKS_BYTES: usize = 50_000;
+
 impl JwtSigningKeySpec {
     /// Parses and cross-checks the durations (the same rules the CRD enforces at admission).
     pub fn timing(&self) -> Result<Timing, SpecError> {
@@ -374,13 +487,15 @@ impl JwtSigningKeySpec {
                 message: "must be positive".into(),
             });
         }
-        if l + p > (MAX_PUBLISHED_KEYS as u128 - 2) * r {
+        let max_keys = self.max_published_keys();
+        if l + p > (max_keys as u128 - 2) * r {
             return Err(SpecError::Rule {
                 field: "maxTokenLifetime",
                 message: format!(
                     "maxTokenLifetime + propagationDelay must be at most {} x rotationInterval, \
-                     or more than {MAX_PUBLISHED_KEYS} keys would be published at once",
-                    MAX_PUBLISHED_KEYS - 2
+                     or more than {max_keys} keys would be published at once and the JWKS could \
+                     exceed {MAX_JWKS_BYTES} bytes",
+                    max_keys - 2
                 ),
             });
         }
@@ -391,13 +506,42 @@ impl JwtSigningKeySpec {
         {
             check_selector(selector)?;
         }
-        if ![2048, 3072, 4096].contains(&self.key_size) {
-            return Err(SpecError::Rule {
-                field: "keySize",
-                message: format!("{} is not one of 2048, 3072, 4096", self.key_size),
-            });
+        match self.key_size {
+            Some(_) if !self.algorithm.is_rsa() => {
+                return Err(SpecError::Rule {
+                    field: "keySize",
+                    message: format!(
+                        "keySize applies to RSA algorithms only; remove it for {}, whose curve \
+                         fixes the key size",
+                        self.algorithm
+                    ),
+                });
+            }
+            Some(size) if ![2048, 3072, 4096].contains(&size) => {
+                return Err(SpecError::Rule {
+                    field: "keySize",
+                    message: format!("{size} is not one of 2048, 3072, 4096"),
+                });
+            }
+            _ => {}
         }
         Ok(timing)
+    }
+
+    /// The RSA modulus size in bits (`keySize`, 2048 when unset); meaningless for EC and OKP
+    /// algorithms, whose curve fixes the size.
+    pub fn rsa_key_size(&self) -> u32 {
+        self.key_size.unwrap_or(DEFAULT_RSA_KEY_SIZE)
+    }
+
+    /// Most keys this spec's schedule may keep published at once, so that `jwks.json` stays under
+    /// [`MAX_JWKS_BYTES`]: 64, or 57 with 4096-bit RSA keys (the CRD's rule counts the same).
+    pub fn max_published_keys(&self) -> u64 {
+        if self.algorithm.is_rsa() && self.rsa_key_size() == 4096 {
+            MAX_PUBLISHED_RSA_4096_KEYS
+        } else {
+            MAX_PUBLISHED_KEYS
+        }
     }
 }
 
@@ -458,3 +602,6 @@ mod consent_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod algorithm_tests;

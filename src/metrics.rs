@@ -36,6 +36,7 @@ struct ErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SizeLabels {
+    algorithm: String,
     key_size: String,
 }
 
@@ -164,11 +165,12 @@ impl Metrics {
         self.rotations.get_or_create(&labels(jsk)).inc();
     }
 
-    /// Records a key generation.
-    pub fn key_generated(&self, bits: usize, took: Duration) {
+    /// Records a key generation, by algorithm and key size (RSA bits or the curve's size).
+    pub fn key_generated(&self, key: &crate::keys::KeyPair, took: Duration) {
         self.key_generation
             .get_or_create(&SizeLabels {
-                key_size: bits.to_string(),
+                algorithm: key.jwk.alg.clone(),
+                key_size: key.bits().to_string(),
             })
             .observe(took.as_secs_f64());
     }

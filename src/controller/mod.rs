@@ -876,8 +876,10 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
                     EventType::Normal,
                     "KeyCreated",
                     format!(
-                        "Generated {} key {} ({}-bit)",
-                        pending.jwk.alg, pending.jwk.kid, jsk.spec.key_size
+                        "Generated {} key {} ({})",
+                        pending.jwk.alg,
+                        pending.jwk.kid,
+                        private[&pending.jwk.kid].description()
                     ),
                 ));
                 saved_pending = Some(pending.clone());
@@ -1287,7 +1289,7 @@ fn take_annotations(
 
 impl Reconciliation<'_> {
     async fn generate_key(&self) -> Result<KeyPair> {
-        let bits = self.jsk.spec.key_size as usize;
+        let bits = self.jsk.spec.rsa_key_size() as usize;
         let algorithm = self.jsk.spec.algorithm;
         let _permit = self
             .ctx
@@ -1300,7 +1302,7 @@ impl Reconciliation<'_> {
             .await
             .map_err(Error::KeyTask)?
             .map_err(Error::GenerateKey)?;
-        self.ctx.metrics.key_generated(bits, started.elapsed());
+        self.ctx.metrics.key_generated(&pair, started.elapsed());
         Ok(pair)
     }
 

@@ -2,10 +2,11 @@
 //! the Secret's `state.json` and private keys, the public keys published in every owned ConfigMap,
 //! and the status. The state is a cache, not an authority:
 //! - the ConfigMaps are output, never a source of keys: a published JWK is taken back only when the
-//!   Secret (its state or its private keys) or the status recorded its kid (a recorded RFC 7638 kid authenticates the JWK);
+//!   Secret (its state or its private keys) or the status recorded its kid (a recorded RFC 7638
+//!   kid authenticates the JWK);
 //! - a kid that is published, recorded in the status and unknown to the state is kept until at
 //!   least now + L + P;
-//! - a record whose kid is not the RFC 7638 thumbprint of its `n`/`e` is dropped and rebuilt from
+//! - a record whose kid is not the RFC 7638 thumbprint of its key is dropped and rebuilt from
 //!   the private key or the published JWK of that kid, so a published JWK always matches the
 //!   private key it stands for;
 //! - the key in `private.pem` is the signing key when it is known (state, publication or status);
@@ -18,7 +19,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     crd::{Algorithm, JwtSigningKeyStatus, KeyState, MAX_PUBLISHED_KEYS, Timing},
-    keys::{Jwk, KeyPair, thumbprint},
+    keys::{Jwk, KeyPair},
     schedule::{self, KeyRecord, KeySet, PendingKey},
     time::{parse_rfc3339, plus, rfc3339_secs},
 };
@@ -54,7 +55,7 @@ pub struct Rebuilt {
 }
 
 fn is_valid(jwk: &Jwk) -> bool {
-    jwk.kty == "RSA" && jwk.kid == thumbprint(&jwk.n, &jwk.e)
+    jwk.is_consistent()
 }
 
 fn parse_time(value: Option<&str>) -> Option<Timestamp> {

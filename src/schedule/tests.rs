@@ -52,6 +52,7 @@ impl World {
             kid: format!("key-{}", self.generated),
             n: "n".into(),
             e: "AQAB".into(),
+            ..Jwk::default()
         }
     }
 

@@ -24,12 +24,12 @@ pub enum LoadError {
         source: serde_json::Error,
     },
     /// The JWK set holds no key this crate can verify with.
-    #[error("JWK set {path} holds no usable RSA signing key")]
+    #[error("JWK set {path} holds no usable signing key")]
     NoUsableKey {
         /// The JWK set file.
         path: PathBuf,
     },
-    /// `private.pem` is not a PKCS#8 (or PKCS#1) RSA private key in PEM form.
+    /// `private.pem` is not a PKCS#8 private key in PEM form (RSA keys may also be PKCS#1).
     #[error("parsing private key {path}: {source}")]
     ParsePrivateKey {
         /// The PEM file.
@@ -38,14 +38,29 @@ pub enum LoadError {
         #[source]
         source: jsonwebtoken::errors::Error,
     },
-    /// The `algorithm` file names an algorithm other than RS256..RS512, PS256..PS512.
+    /// The `algorithm` file names an algorithm other than RS256..RS512, PS256..PS512, ES256,
+    /// ES384, EdDSA.
     #[error(
-        "unsupported algorithm {found:?} in {path} (expected one of RS256 RS384 RS512 PS256 PS384 PS512)"
+        "unsupported algorithm {found:?} in {path} (expected one of RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA)"
     )]
     UnsupportedAlgorithm {
         /// The `algorithm` file.
         path: PathBuf,
         /// What it contains.
+        found: String,
+    },
+    /// `private.pem` holds a key of another type than the `algorithm` file's algorithm signs
+    /// with (a hand-edited Secret): the key is not used, so no token is ever signed under an
+    /// `alg` its key cannot make.
+    #[error("{path} holds {found}, but {algorithm} needs {needed}")]
+    KeyDoesNotFitAlgorithm {
+        /// The `private.pem` file.
+        path: PathBuf,
+        /// The algorithm the `algorithm` file names.
+        algorithm: String,
+        /// The kind of key the algorithm signs with, e.g. `a P-256 key`.
+        needed: String,
+        /// The kind of key found, e.g. `an RSA key`.
         found: String,
     },
     /// The `kid` file is empty.

@@ -7,9 +7,15 @@
 //! - [`Signer::from_dir`] reads the mounted Secret directory (`private.pem`, `kid`,
 //!   `algorithm`) and signs claims with the `kid` header set.
 //! - [`Verifier::from_dir`] reads the mounted ConfigMap directory (`jwks.json`), picks the key
-//!   by the token's `kid`, pins the algorithm to that key's `alg` (so `none` and HS256 with the
-//!   public key as HMAC secret are refused), and validates `exp`, `nbf` and optionally `iss` and
-//!   `aud`.
+//!   by the token's `kid`, pins the algorithm to that key's `alg` (so `none`, HS256 with the
+//!   public key as HMAC secret, and a token that names another algorithm than its key's, such as
+//!   RS256 under an EC key's kid, are refused), and validates `exp`, `nbf` and optionally `iss`
+//!   and `aud`.
+//!
+//! Every algorithm the operator makes keys for is supported: RS256, RS384, RS512, PS256, PS384,
+//! PS512 (RSA), ES256 (P-256), ES384 (P-384) and EdDSA (Ed25519); ECDSA signatures are the JWS
+//! form, raw `r || s`. During a change of algorithm the JWK set holds keys of both types, each
+//! with its own `alg`, and tokens of both verify.
 //!
 //! Both follow the mount: the kubelet swaps the files atomically through the `..data`
 //! symlink, a file watcher (with a periodic re-stat as fallback) notices and the keys are
@@ -71,18 +77,22 @@ with_backend! {
     pub use token::TokenHeader;
     pub use verifier::{Verified, Verifier, VerifierBuilder};
 
-    /// The algorithms the operator can configure: the RSA PKCS#1 v1.5 and RSA-PSS families.
-    pub const SUPPORTED_ALGORITHMS: [Algorithm; 6] = [
+    /// The algorithms the operator can configure: the RSA PKCS#1 v1.5 and RSA-PSS families,
+    /// ECDSA on P-256 and P-384, and EdDSA on Ed25519.
+    pub const SUPPORTED_ALGORITHMS: [Algorithm; 9] = [
         Algorithm::RS256,
         Algorithm::RS384,
         Algorithm::RS512,
         Algorithm::PS256,
         Algorithm::PS384,
         Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
     ];
 
-    /// Parses an algorithm name as the operator writes it (`RS256` ... `PS512`); any other name,
-    /// including `none` and the HMAC family, is refused.
+    /// Parses an algorithm name as the operator writes it (`RS256` ... `PS512`, `ES256`,
+    /// `ES384`, `EdDSA`); any other name, including `none` and the HMAC family, is refused.
     pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
         SUPPORTED_ALGORITHMS
             .into_iter()

@@ -17,7 +17,7 @@ use crate::reload::{Load, ReloadOptions, ReloadStatus, Reloading};
 pub const PRIVATE_KEY_FILE: &str = "private.pem";
 /// The Secret entry holding the signing key's id.
 pub const KID_FILE: &str = "kid";
-/// The Secret entry holding the algorithm name (`RS256` ... `PS512`).
+/// The Secret entry holding the algorithm name (`RS256` ... `PS512`, `ES256`, `ES384`, `EdDSA`).
 pub const ALGORITHM_FILE: &str = "algorithm";
 
 /// Default period of the re-stat that backs up the file watcher.
@@ -36,17 +36,68 @@ pub struct SigningKey {
 
 /// What computes the signature.
 enum Engine {
-    /// The key parsed once by aws-lc. jsonwebtoken's `encode` re-parses (and re-validates) the
-    /// private key for every signature, which costs about two thirds of the signing time; the
-    /// signing input and the output are the same as jsonwebtoken's.
+    /// An RSA key parsed once by aws-lc. jsonwebtoken's `encode` re-parses (and re-validates)
+    /// the private key for every signature, which costs about two thirds of the RSA signing
+    /// time; the signing input and the output are the same as jsonwebtoken's.
     #[cfg(feature = "aws_lc_rs")]
-    AwsLc {
+    AwsLcRsa {
         key_pair: aws_lc_rs::signature::RsaKeyPair,
         encoding: &'static dyn aws_lc_rs::signature::RsaEncoding,
     },
+    /// A P-256 or P-384 key parsed once by aws-lc; signs in the JWS form, raw `r || s`
+    /// (RFC 7518 3.4), not DER.
+    #[cfg(feature = "aws_lc_rs")]
+    AwsLcEcdsa(aws_lc_rs::signature::EcdsaKeyPair),
+    /// An Ed25519 key parsed once by aws-lc (RFC 8037 3.1).
+    #[cfg(feature = "aws_lc_rs")]
+    AwsLcEd25519(aws_lc_rs::signature::Ed25519KeyPair),
     /// jsonwebtoken's own signing, used with the `rust_crypto` backend.
     #[cfg_attr(feature = "aws_lc_rs", allow(dead_code))]
     Jsonwebtoken(EncodingKey),
+}
+
+/// The kind of private key an algorithm signs with, as error messages name it.
+fn needed_key(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::ES256 => "a P-256 key",
+        Algorithm::ES384 => "a P-384 key",
+        Algorithm::EdDSA => "an Ed25519 key",
+        _ => "an RSA key",
+    }
+}
+
+/// The kind of private key a PEM holds, for the error when it does not fit the algorithm.
+fn found_key(pem: &[u8]) -> Option<&'static str> {
+    if EncodingKey::from_rsa_pem(pem).is_ok() {
+        return Some("an RSA key");
+    }
+    if let Ok(key) = EncodingKey::from_ec_pem(pem) {
+        // The curve's OID in the PKCS#8 AlgorithmIdentifier (RFC 5480): 1.2.840.10045.3.1.7 is
+        // P-256, 1.3.132.0.34 is P-384. Read from the DER, so that both backends name it.
+        const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+        let der = key.as_bytes();
+        let holds = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+        return Some(if holds(P256) {
+            "a P-256 key"
+        } else if holds(P384) {
+            "a P-384 key"
+        } else {
+            "an EC key"
+        });
+    }
+    EncodingKey::from_ed_pem(pem)
+        .ok()
+        .map(|_| "an Ed25519 key")
+}
+
+/// The PEM's key for `algorithm`, parsed the way jsonwebtoken reads that family.
+fn encoding_key(pem: &[u8], algorithm: Algorithm) -> jsonwebtoken::errors::Result<EncodingKey> {
+    match algorithm {
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+        _ => EncodingKey::from_rsa_pem(pem),
+    }
 }
 
 impl Engine {
@@ -54,19 +105,40 @@ impl Engine {
         #[cfg(feature = "aws_lc_rs")]
         {
             use aws_lc_rs::signature as sig;
-            let encoding: &'static dyn sig::RsaEncoding = match algorithm {
+            let rsa: &'static dyn sig::RsaEncoding = match algorithm {
                 Algorithm::RS256 => &sig::RSA_PKCS1_SHA256,
                 Algorithm::RS384 => &sig::RSA_PKCS1_SHA384,
                 Algorithm::RS512 => &sig::RSA_PKCS1_SHA512,
                 Algorithm::PS256 => &sig::RSA_PSS_SHA256,
                 Algorithm::PS384 => &sig::RSA_PSS_SHA384,
                 Algorithm::PS512 => &sig::RSA_PSS_SHA512,
-                other => return Err(format!("{other:?} is not an RSA algorithm")),
+                // jsonwebtoken hands EC and Ed25519 keys over as PKCS#8 DER.
+                Algorithm::ES256 | Algorithm::ES384 => {
+                    let curve = if algorithm == Algorithm::ES256 {
+                        &sig::ECDSA_P256_SHA256_FIXED_SIGNING
+                    } else {
+                        &sig::ECDSA_P384_SHA384_FIXED_SIGNING
+                    };
+                    return sig::EcdsaKeyPair::from_pkcs8(curve, encoding_key.as_bytes())
+                        .map(Engine::AwsLcEcdsa)
+                        .map_err(|err| err.to_string());
+                }
+                Algorithm::EdDSA => {
+                    return sig::Ed25519KeyPair::from_pkcs8_maybe_unchecked(
+                        encoding_key.as_bytes(),
+                    )
+                    .map(Engine::AwsLcEd25519)
+                    .map_err(|err| err.to_string());
+                }
+                other => return Err(format!("{other:?} is not a supported algorithm")),
             };
-            // jsonwebtoken hands the PEM's key over as PKCS#1 RSAPrivateKey DER.
-            let key_pair = sig::RsaKeyPair::from_der(encoding_key.as_bytes())
-                .map_err(|err| err.to_string())?;
-            Ok(Engine::AwsLc { key_pair, encoding })
+            // jsonwebtoken hands the PEM's RSA key over as PKCS#1 RSAPrivateKey DER.
+            let key_pair =
+                sig::RsaKeyPair::from_der(encoding_key.as_bytes()).map_err(|err| err.to_string())?;
+            Ok(Engine::AwsLcRsa {
+                key_pair,
+                encoding: rsa,
+            })
         }
         #[cfg(not(feature = "aws_lc_rs"))]
         {
@@ -83,7 +155,7 @@ impl Engine {
         use jsonwebtoken::errors::ErrorKind;
         match self {
             #[cfg(feature = "aws_lc_rs")]
-            Engine::AwsLc { key_pair, encoding } => {
+            Engine::AwsLcRsa { key_pair, encoding } => {
                 let mut signature = vec![0; key_pair.public_modulus_len()];
                 let rng = aws_lc_rs::rand::SystemRandom::new();
                 key_pair
@@ -91,6 +163,16 @@ impl Engine {
                     .map_err(|_| ErrorKind::RsaFailedSigning)?;
                 Ok(signature)
             }
+            #[cfg(feature = "aws_lc_rs")]
+            Engine::AwsLcEcdsa(key_pair) => {
+                let rng = aws_lc_rs::rand::SystemRandom::new();
+                let signature = key_pair
+                    .sign(&rng, message)
+                    .map_err(|_| ErrorKind::Signing("ECDSA signing failed".to_owned()))?;
+                Ok(signature.as_ref().to_vec())
+            }
+            #[cfg(feature = "aws_lc_rs")]
+            Engine::AwsLcEd25519(key_pair) => Ok(key_pair.sign(message).as_ref().to_vec()),
             Engine::Jsonwebtoken(key) => {
                 let signature = jsonwebtoken::crypto::sign(message, key, algorithm)?;
                 Ok(URL_SAFE_NO_PAD
@@ -140,17 +222,25 @@ impl SigningKey {
                 found: algorithm_name.to_owned(),
             }
         })?;
-        let parse_error = |source| LoadError::ParsePrivateKey {
-            path: dir.join(PRIVATE_KEY_FILE),
-            source,
+        // A key of another type than the algorithm's (a hand-edited Secret) is named as such.
+        let refused = |source: jsonwebtoken::errors::Error| match found_key(private_pem) {
+            Some(found) if found != needed_key(algorithm) => LoadError::KeyDoesNotFitAlgorithm {
+                path: dir.join(PRIVATE_KEY_FILE),
+                algorithm: algorithm_name.to_owned(),
+                needed: needed_key(algorithm).to_owned(),
+                found: found.to_owned(),
+            },
+            _ => LoadError::ParsePrivateKey {
+                path: dir.join(PRIVATE_KEY_FILE),
+                source,
+            },
         };
-        let encoding_key = EncodingKey::from_rsa_pem(private_pem).map_err(parse_error)?;
-        let engine = Engine::new(encoding_key, algorithm).map_err(|reason| {
-            parse_error(jsonwebtoken::errors::ErrorKind::InvalidRsaKey(reason).into())
-        })?;
-        // A key that parses may still be refused by the backend (too small, inconsistent):
-        // find out now, while the previous key can still be kept.
-        engine.sign(b"probe", algorithm).map_err(parse_error)?;
+        let encoding_key = encoding_key(private_pem, algorithm).map_err(refused)?;
+        let engine = Engine::new(encoding_key, algorithm)
+            .map_err(|reason| refused(jsonwebtoken::errors::ErrorKind::Provider(reason).into()))?;
+        // A key that parses may still be refused by the backend (too small, inconsistent, the
+        // wrong curve): find out now, while the previous key can still be kept.
+        engine.sign(b"probe", algorithm).map_err(refused)?;
         let mut header = Header::new(algorithm);
         header.kid = Some(kid.to_owned());
         let header_json = serde_json::to_vec(&header).expect("a header always serialises");

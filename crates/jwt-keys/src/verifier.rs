@@ -114,7 +114,7 @@ impl Verifier {
         // be used as an HMAC secret.
         let Some(token_algorithm) = crate::parse_algorithm(&header.alg) else {
             return Err(VerifyError::WrongAlgorithm {
-                expected: "one of RS256 RS384 RS512 PS256 PS384 PS512".to_owned(),
+                expected: "one of RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA".to_owned(),
                 found: header.alg,
             });
         };

@@ -194,3 +194,114 @@ pub fn pem_of(tag: &str, der: &[u8]) -> String {
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     )
 }
+
+/// A key of any type, as the operator writes it: PKCS#8 private PEM, SPKI public PEM, the JWK
+/// and its RFC 7638 thumbprint.
+#[derive(Clone)]
+pub struct AnyKey {
+    pub alg: &'static str,
+    pub private_pem: String,
+    pub public_pem: String,
+    pub jwk: serde_json::Value,
+    pub kid: String,
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn sha256_b64(text: &str) -> String {
+    b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+impl AnyKey {
+    pub fn generate(alg: &'static str) -> AnyKey {
+        let (private_der, public_der, mut jwk, canonical): (
+            Vec<u8>,
+            Vec<u8>,
+            serde_json::Value,
+            String,
+        ) = match alg {
+            "ES256" | "ES384" => {
+                let (signing, crv, size) = if alg == "ES256" {
+                    (
+                        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                        "P-256",
+                        32,
+                    )
+                } else {
+                    (
+                        &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                        "P-384",
+                        48,
+                    )
+                };
+                let key = aws_lc_rs::signature::EcdsaKeyPair::generate(signing).unwrap();
+                let point = key.public_key().as_ref();
+                let (x, y) = (b64(&point[1..=size]), b64(&point[1 + size..]));
+                let spki: PublicKeyX509Der<'static> = key.public_key().as_der().unwrap();
+                (
+                    key.to_pkcs8v1().unwrap().as_ref().to_vec(),
+                    spki.as_ref().to_vec(),
+                    serde_json::json!({"kty": "EC", "use": "sig", "alg": alg, "crv": crv, "x": x, "y": y}),
+                    format!(r#"{{"crv":"{crv}","kty":"EC","x":"{x}","y":"{y}"}}"#),
+                )
+            }
+            "EdDSA" => {
+                let key = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
+                let x = b64(key.public_key().as_ref());
+                let spki: PublicKeyX509Der<'static> = key.public_key().as_der().unwrap();
+                (
+                    key.to_pkcs8v1().unwrap().as_ref().to_vec(),
+                    spki.as_ref().to_vec(),
+                    serde_json::json!({"kty": "OKP", "use": "sig", "alg": alg, "crv": "Ed25519", "x": x}),
+                    format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
+                )
+            }
+            _ => {
+                let key = keys(1).remove(0);
+                let kid = key.kid.clone();
+                return AnyKey {
+                    alg,
+                    jwk: key.jwk(alg),
+                    private_pem: key.private_pem,
+                    public_pem: key.public_pem,
+                    kid,
+                };
+            }
+        };
+        let kid = sha256_b64(&canonical);
+        jwk["kid"] = serde_json::json!(kid);
+        AnyKey {
+            alg,
+            private_pem: pem_of("PRIVATE KEY", &private_der),
+            public_pem: pem_of("PUBLIC KEY", &public_der),
+            jwk,
+            kid,
+        }
+    }
+
+    pub fn secret_files(&self) -> Vec<(String, Vec<u8>)> {
+        vec![
+            ("private.pem".into(), self.private_pem.clone().into_bytes()),
+            ("public.pem".into(), self.public_pem.clone().into_bytes()),
+            ("kid".into(), self.kid.clone().into_bytes()),
+            ("algorithm".into(), self.alg.as_bytes().to_vec()),
+        ]
+    }
+}
+
+pub fn any_configmap(keys: &[&AnyKey]) -> Vec<(String, Vec<u8>)> {
+    let jwks = serde_json::json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
+    let mut files = vec![(
+        "jwks.json".to_owned(),
+        serde_json::to_vec_pretty(&jwks).unwrap(),
+    )];
+    for key in keys {
+        files.push((
+            format!("{}.pem", key.kid),
+            key.public_pem.clone().into_bytes(),
+        ));
+    }
+    files
+}
