@@ -410,6 +410,9 @@ pub struct Timing {
     /// Extra wait before a next key signs, for clock skew between replicas (not part of the spec:
     /// the operator's `--activation-margin`).
     pub activation_margin: GoDuration,
+    /// Most keys published at once: [`MAX_PUBLISHED_KEYS`], fewer for key types whose JWKS would
+    /// pass 50,000 bytes at that count ([`JwtSigningKeySpec::max_published_keys`]).
+    pub max_published_keys: u64,
 }
 
 /// Default of [`Timing::activation_margin`].
@@ -463,6 +466,7 @@ impl JwtSigningKeySpec {
             propagation_delay: parse("propagationDelay", &self.propagation_delay)?,
             max_token_lifetime: parse("maxTokenLifetime", &self.max_token_lifetime)?,
             activation_margin: GoDuration::from(DEFAULT_ACTIVATION_MARGIN),
+            max_published_keys: self.max_published_keys(),
         };
         let (r, p, l) = (
             timing.rotation_interval.as_millis(),

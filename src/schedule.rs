@@ -194,9 +194,10 @@ impl KeySet {
         self.keys.iter().find(|k| k.is_next())
     }
 
-    /// Whether one more key may be published without exceeding [`MAX_PUBLISHED_KEYS`].
-    pub fn has_room_for_next(&self) -> bool {
-        (self.keys.len() as u64) < MAX_PUBLISHED_KEYS
+    /// Whether one more key may be published without exceeding `bound` (at most
+    /// [`MAX_PUBLISHED_KEYS`]; fewer for RSA-4096, [`Timing::max_published_keys`]).
+    pub fn has_room_for_next(&self, bound: u64) -> bool {
+        (self.keys.len() as u64) < bound.min(MAX_PUBLISHED_KEYS)
     }
 
     /// Retired keys, newest retirement first.
@@ -332,7 +333,7 @@ pub fn plan(timing: &Timing, current: &KeySet, now: Timestamp) -> Plan {
             );
             // A next key needs room under the bound; requested rotations that would exceed it wait
             // until retired keys are removed (retention is never cut short).
-            if now >= publish_at && keys.has_room_for_next() {
+            if now >= publish_at && keys.has_room_for_next(timing.max_published_keys) {
                 generate = Some(NewKey::Next);
             }
             break;
@@ -370,10 +371,12 @@ pub fn plan(timing: &Timing, current: &KeySet, now: Timestamp) -> Plan {
             match keys.next() {
                 Some(next) => candidates.push(activation_time(timing, &keys, active, next)),
                 // Without room, the next removal (already a candidate) is when to look again.
-                None if keys.has_room_for_next() => candidates.push(minus(
-                    scheduled_retirement(timing, &keys, active),
-                    timing.propagation_delay.as_signed(),
-                )),
+                None if keys.has_room_for_next(timing.max_published_keys) => {
+                    candidates.push(minus(
+                        scheduled_retirement(timing, &keys, active),
+                        timing.propagation_delay.as_signed(),
+                    ))
+                }
                 None => {}
             }
         }

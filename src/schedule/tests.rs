@@ -14,6 +14,7 @@ fn timing(r: i64, p: i64, l: i64) -> Timing {
         propagation_delay: GoDuration::from(std::time::Duration::from_secs(p as u64)),
         max_token_lifetime: GoDuration::from(std::time::Duration::from_secs(l as u64)),
         activation_margin: GoDuration::from(std::time::Duration::ZERO),
+        max_published_keys: crate::crd::MAX_PUBLISHED_KEYS,
     }
 }
 
@@ -189,6 +190,23 @@ fn a_rotation_request_publishes_now_and_signs_after_p() {
         Some(t0() + secs(310 + 1000)),
         "the new key gets a full interval"
     );
+}
+
+#[test]
+fn requested_rotations_stop_at_the_bound_of_the_key_type() {
+    // RSA-4096: 57 keys keep a JWKS under 50,000 bytes; retention far longer than the requests.
+    let mut world = World::new(Timing {
+        max_published_keys: 57,
+        ..timing(100_000, 1, 100_000)
+    });
+    world.reconcile(t0());
+    for i in 1..200 {
+        let now = t0() + secs(2 * i);
+        world.keys.rotation_requested_at = Some(now);
+        world.reconcile(now);
+        world.reconcile(now + secs(1));
+    }
+    assert_eq!(world.keys.keys.len(), 57, "never more keys than the bound");
 }
 
 #[test]

@@ -15,6 +15,7 @@ fn timing() -> Timing {
         propagation_delay: secs(10),
         max_token_lifetime: secs(20),
         activation_margin: secs(0),
+        max_published_keys: crate::crd::MAX_PUBLISHED_KEYS,
     }
 }
 
