@@ -1169,14 +1169,14 @@ impl Reconciliation<'_> {
         if ready.status == "False" {
             self.warn_if_new(ready, old).await;
         }
-        let mut new_status =
-            self.status(timing, keys, publisher.published_namespaces(), ready, old);
-        new_status.unaccepted_namespaces = unaccepted;
-        self.write_status(new_status, old, stored).await?;
+        // The gauges before the status: whoever sees the status sees the gauges of the same keys.
         self.ctx
             .metrics
             .observe_keys(self.jsk, keys, schedule::next_rotation(timing, keys));
-        Ok(())
+        let mut new_status =
+            self.status(timing, keys, publisher.published_namespaces(), ready, old);
+        new_status.unaccepted_namespaces = unaccepted;
+        self.write_status(new_status, old, stored).await
     }
 }
 
