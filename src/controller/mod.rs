@@ -593,7 +593,8 @@ pub(crate) struct Reconciliation<'a> {
 
 /// Public keys in `jwks.json` order: signing keys (newest first), next keys, the pending key,
 /// retired keys newest first. Revoked keys are left out (the publisher adds the key the Secret
-/// still signs with until it switches, [`Publisher::set_signing`]).
+/// still signs with until it switches, a revoked one only where it is held,
+/// [`Publisher::set_signing`]).
 fn publication_order(keys: &KeySet) -> Vec<Jwk> {
     let mut signing: Vec<_> = keys
         .keys
@@ -830,7 +831,10 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
     let mut writer = SecretWriter::new(secrets, secret_name.clone(), secret);
     // Every ConfigMap version holds the key the Secret signs with, until the Secret switches.
     let signing_in_secret = keys.active().map(|k| k.jwk.clone());
-    publisher.set_signing(signing_in_secret.clone());
+    let signing_revoked = signing_in_secret
+        .as_ref()
+        .is_some_and(|jwk| keys.revoked.contains(&jwk.kid));
+    publisher.set_signing(signing_in_secret.clone(), signing_revoked);
 
     // New keys: saved in the Secret, then published everywhere, then part of the schedule.
     let mut secret_error = None;
@@ -992,7 +996,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
     let mut keys = plan.keys.clone();
 
     // Drop what the schedule removed, now that the Secret no longer needs it.
-    publisher.set_signing(keys.active().map(|k| k.jwk.clone()));
+    publisher.set_signing(keys.active().map(|k| k.jwk.clone()), false);
     publisher.publish(&publication_order(&keys)).await;
     let mut failures = publisher.failures();
     if let Some(kid) = keys.next().map(|k| k.kid().to_string())

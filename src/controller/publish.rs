@@ -32,8 +32,10 @@ struct Target {
 pub struct Publisher<'a> {
     run: &'a Reconciliation<'a>,
     targets: BTreeMap<String, Target>,
-    /// The key the Secret signs with now: every version of every ConfigMap holds it.
-    signing: Option<Jwk>,
+    /// The key the Secret signs with now: every version of every ConfigMap holds it; a revoked one
+    /// (`true`) only where it is held already, until the Secret switches, and is never published
+    /// again anywhere.
+    signing: Option<(Jwk, bool)>,
     /// Target namespaces where a ConfigMap of that name exists and is not ours.
     foreign: Vec<String>,
     /// Target namespaces whose last write (or read) failed, with the error.
@@ -177,9 +179,10 @@ impl<'a> Publisher<'a> {
     }
 
     /// The key the Secret signs with now (after a Secret write, the one it switched to): every
-    /// ConfigMap written from here on holds it.
-    pub fn set_signing(&mut self, signing: Option<Jwk>) {
-        self.signing = signing;
+    /// ConfigMap written from here on holds it, except that a `revoked` one stays only where it is
+    /// held (it is never published again).
+    pub fn set_signing(&mut self, signing: Option<Jwk>, revoked: bool) {
+        self.signing = signing.map(|jwk| (jwk, revoked));
     }
 
     /// Whether every target namespace holds `kid`, counting failed and unreadable ones as not.
@@ -251,30 +254,48 @@ impl<'a> Publisher<'a> {
     /// target holds what was asked.
     pub async fn publish(&mut self, jwks: &[Jwk]) -> bool {
         let run = self.run;
-        let mut wanted: Vec<&Jwk> = jwks.iter().collect();
-        if let Some(signing) = &self.signing
-            && !wanted.iter().any(|jwk| jwk.kid == signing.kid)
-        {
-            wanted.insert(0, signing);
-        }
-        if wanted.is_empty() {
-            return self.failed.is_empty();
-        }
-        let data = match resources::config_map_data_of(&wanted) {
-            Ok(data) => data,
-            Err(e) => {
-                for ns in self.targets.keys() {
-                    self.failed
-                        .insert(ns.clone(), format!("building ConfigMap: {e}"));
-                }
-                return false;
-            }
+        let wanted: Vec<&Jwk> = jwks.iter().collect();
+        let with_signing: Option<Vec<&Jwk>> = match &self.signing {
+            Some((signing, _)) if !wanted.iter().any(|jwk| jwk.kid == signing.kid) => Some(
+                std::iter::once(signing)
+                    .chain(wanted.iter().copied())
+                    .collect(),
+            ),
+            _ => None,
         };
+        let revoked_signing = self
+            .signing
+            .as_ref()
+            .filter(|(_, revoked)| *revoked)
+            .map(|(jwk, _)| jwk.kid.clone());
+        let build = |jwks: &[&Jwk]| -> Option<Result<BTreeMap<String, String>, String>> {
+            (!jwks.is_empty())
+                .then(|| resources::config_map_data_of(jwks).map_err(|e| e.to_string()))
+        };
+        let (plain, signed) = (build(&wanted), with_signing.as_deref().and_then(build));
         let mut work = Vec::new();
         for (ns, target) in self.targets.iter_mut() {
+            let held = kids_of(target.current.as_ref());
+            // The signing key goes everywhere; a revoked one only stays where it is.
+            let keeps_signing = signed.is_some()
+                && revoked_signing
+                    .as_ref()
+                    .is_none_or(|kid| held.contains(kid));
+            let data = match (keeps_signing, &signed, &plain) {
+                (true, Some(data), _) | (false, _, Some(data)) => data,
+                // Never an empty key set: nothing to write.
+                (_, _, None) | (true, None, _) => continue,
+            };
+            let data = match data {
+                Ok(data) => data.clone(),
+                Err(e) => {
+                    self.failed
+                        .insert(ns.clone(), format!("building ConfigMap: {e}"));
+                    continue;
+                }
+            };
             let home = *ns == run.namespace;
             let desired = resources::config_map(run.jsk, &data, (!home).then_some(ns.as_str()));
-            let held = kids_of(target.current.as_ref());
             work.push((ns.clone(), target.current.take(), desired, held));
         }
         // The home ConfigMap first: with many copies, its repair never waits behind theirs.
