@@ -34,6 +34,14 @@ async fn status_kids(ns: &common::TestNamespace) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits until the ConfigMap copy exists in `namespace`.
+async fn wait_copy(ns: &common::TestNamespace, namespace: &str) {
+    wait_for(&format!("the copy in {namespace}"), REACT, || async {
+        config_map_data(&ns.client, namespace, "auth-jwks").await
+    })
+    .await;
+}
+
 fn kids_in(versions: &[Version], namespace: &str) -> Vec<String> {
     versions
         .iter()
@@ -56,10 +64,7 @@ async fn a_key_planted_in_one_copy_never_reaches_another_config_map_and_is_remov
         let _operator = operator(&[&ns.name, &tenant, &other]);
         let signing = create_ready(&ns, &jsk("auth", publish_to_copies(json!({})))).await;
         for copy in [&tenant, &other] {
-            wait_for("the copy", REACT, || async {
-                config_map_data(&ns.client, copy, "auth-jwks").await
-            })
-            .await;
+            wait_copy(&ns, copy).await;
         }
 
         // The tenant adds a key of its own, with its correct RFC 7638 kid, to its copy.
@@ -147,10 +152,7 @@ async fn a_config_map_is_born_holding_the_signing_key() {
         let signing = create_ready(&ns, &jsk("auth", publish_to_copies(json!({})))).await;
 
         accept_from(&ns.client, &late, Some(&format!("{}/auth", ns.name))).await;
-        wait_for("the copy", REACT, || async {
-            config_map_data(&ns.client, &late, "auth-jwks").await
-        })
-        .await;
+        wait_copy(&ns, &late).await;
         Api::<ConfigMap>::namespaced(ns.client.clone(), &ns.name)
             .delete("auth-jwks", &DeleteParams::default())
             .await
@@ -227,10 +229,7 @@ async fn a_namespace_that_accepts_during_p_holds_the_next_key_for_p_before_it_si
 
         // During P, the late namespace starts accepting and gets the next key.
         accept_from(&ns.client, &late, Some(&format!("{}/auth", ns.name))).await;
-        wait_for("the late copy", REACT, || async {
-            config_map_data(&ns.client, &late, "auth-jwks").await
-        })
-        .await;
+        wait_copy(&ns, &late).await;
         // The refusal ends before P has passed since the late namespace got the key; a spec change
         // makes the operator try at once.
         wait_for(
@@ -278,10 +277,7 @@ async fn a_namespace_that_keeps_refusing_does_not_slow_repairs_of_the_home_names
         accept_from(&ns.client, &frozen, Some(&format!("{}/auth", ns.name))).await;
         let operator = operator(&[&ns.name, &frozen]);
         let signing = create_ready(&ns, &jsk("auth", publish_to_copies(json!({})))).await;
-        wait_for("the copy", REACT, || async {
-            config_map_data(&ns.client, &frozen, "auth-jwks").await
-        })
-        .await;
+        wait_copy(&ns, &frozen).await;
         let freeze = Freeze::namespace(&ns, &frozen).await;
         annotate(&ns, "auth", json!({"jwtkeys.dev/rotate": "blocked"})).await;
         // Five refused writes in a row: a backoff of the whole key would wait a minute now.
@@ -364,10 +360,7 @@ async fn a_copy_that_cannot_be_removed_does_not_hold_the_next_key_back() {
             "publish": {"namespaceSelector": {"matchLabels": {"jwks": "auth"}}},
         });
         let first = create_ready(&ns, &jsk("auth", spec)).await;
-        wait_for("the copy", REACT, || async {
-            config_map_data(&ns.client, &leaving, "auth-jwks").await
-        })
-        .await;
+        wait_copy(&ns, &leaving).await;
         // The namespace withdraws its consent, and its copy cannot be deleted.
         let freeze = Freeze::operations(&ns, "configmaps", &leaving, None, &["DELETE"]).await;
         accept_from(&ns.client, &leaving, None).await;
