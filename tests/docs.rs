@@ -24,7 +24,7 @@ use std::{
 };
 
 use common::{install_crd, kubeconfig_path, repo_root, wait_for, with_temp_ns};
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client, api::DeleteParams};
 use serde_json::json;
 use support::*;
@@ -483,39 +483,10 @@ async fn reference_lists_every_metric_with_its_type_and_labels() {
 // ---------------------------------------------------------------------------------------------
 // Shell blocks
 
-/// The node `tests/control-plane/node` registers.
-const NODE: &str = "jko-node";
 /// The namespaces and the release the install guide and the README's quick start create.
 const GUIDE_NAMESPACES: [&str; 3] = ["auth", "api", "jwt-key-operator"];
 const RELEASE: &str = "jwt-key-operator";
 const CRD: &str = "jwtsigningkeys.jwtkeys.dev";
-
-/// `None` when the node is Ready; otherwise why the blocks that need pods cannot run. With
-/// `JKO_NODE=1` a missing node is a failure, as in `tests/pods.rs`.
-async fn missing_node(client: &Client) -> Option<String> {
-    let reason = match Api::<Node>::all(client.clone()).get_opt(NODE).await {
-        Ok(Some(node)) => {
-            let ready = node
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            if ready {
-                return None;
-            }
-            format!("node {NODE} is not Ready")
-        }
-        Ok(None) => format!(
-            "no node {NODE}: start one with `tests/control-plane/up --node` (or run `JKO_NODE=1 scripts/test`)"
-        ),
-        Err(err) => format!("cannot read node {NODE}: {err}"),
-    };
-    if std::env::var_os("JKO_NODE").is_some_and(|v| !v.is_empty() && v != "0") {
-        panic!("JKO_NODE is set but {reason}");
-    }
-    Some(reason)
-}
 
 /// Runs one block in bash with the guide's settings; panics with its output when it fails.
 fn run_block(doc: &str, block: &Block) {
@@ -692,7 +663,7 @@ async fn run_guide(client: &Client, doc: &str, node: &Option<String>) {
 async fn readme_and_install_guide_shell_blocks_run_on_the_control_plane() {
     let client = common::client().await;
     install_crd(&client).await;
-    let node = missing_node(&client).await;
+    let node = common::missing_node(&client).await;
     if let Some(reason) = &node {
         eprintln!("the blocks that need pods are skipped: {reason}");
     }

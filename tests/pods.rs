@@ -27,7 +27,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     coordination::v1::Lease,
-    core::v1::{ConfigMap, EnvVar, Namespace, Node, Pod},
+    core::v1::{ConfigMap, EnvVar, Namespace, Pod},
 };
 use kube::{
     Api, Client,
@@ -38,8 +38,6 @@ use serde_json::json;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The node `tests/control-plane/node` registers.
-const NODE: &str = "jko-node";
 const OPERATOR_REPOSITORY: &str = "localhost/jwt-key-operator";
 const OPERATOR_TAG: &str = "dev";
 const EXAMPLES_IMAGE: &str = "localhost/jwt-keys-examples:dev";
@@ -49,37 +47,10 @@ const POD_START: Duration = Duration::from_secs(120);
 // ---------------------------------------------------------------------------------------------
 // The node
 
-/// `None` when the node is Ready; otherwise why the pod tests cannot run. With `JKO_NODE=1` (set by
-/// `.ci/run`), a missing node is a failure rather than a reason to skip.
-async fn missing_node(client: &Client) -> Option<String> {
-    let reason = match Api::<Node>::all(client.clone()).get_opt(NODE).await {
-        Ok(Some(node)) => {
-            let ready = node
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            if ready {
-                return None;
-            }
-            format!("node {NODE} is not Ready")
-        }
-        Ok(None) => format!(
-            "no node {NODE}: start one with `tests/control-plane/up --node` (or run `JKO_NODE=1 scripts/test`)"
-        ),
-        Err(err) => format!("cannot read node {NODE}: {err}"),
-    };
-    if std::env::var_os("JKO_NODE").is_some_and(|v| !v.is_empty() && v != "0") {
-        panic!("JKO_NODE is set but {reason}");
-    }
-    Some(reason)
-}
-
 /// Skips the test (returns from it) when there is no node, saying why.
 macro_rules! require_node {
     ($client:expr) => {
-        if let Some(reason) = missing_node($client).await {
+        if let Some(reason) = common::missing_node($client).await {
             eprintln!("skipped: {reason}");
             return;
         }

@@ -25,40 +25,12 @@ use std::{
 };
 
 use common::{repo_root, wait_for, with_temp_ns};
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Node};
-use kube::{Api, Client, api::DeleteParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Api, api::DeleteParams};
 use serde_json::{Value, json};
 use support::*;
 
 const VERSION: &str = "0.0.0-test.1";
-const NODE: &str = "jko-node";
-
-/// `None` when the node is Ready; otherwise why the part on pods cannot run. With `JKO_NODE=1` a
-/// missing node is a failure.
-async fn missing_node(client: &Client) -> Option<String> {
-    let reason = match Api::<Node>::all(client.clone()).get_opt(NODE).await {
-        Ok(Some(node)) => {
-            let ready = node
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            if ready {
-                return None;
-            }
-            format!("node {NODE} is not Ready")
-        }
-        Ok(None) => format!(
-            "no node {NODE}: start one with `tests/control-plane/up --node` (or run `JKO_NODE=1 scripts/test`)"
-        ),
-        Err(err) => format!("cannot read node {NODE}: {err}"),
-    };
-    if std::env::var_os("JKO_NODE").is_some_and(|v| !v.is_empty() && v != "0") {
-        panic!("JKO_NODE is set but {reason}");
-    }
-    Some(reason)
-}
 
 fn sha256_hex(data: &[u8]) -> String {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
@@ -218,7 +190,7 @@ impl Drop for Installed {
 #[tokio::test]
 async fn the_release_script_builds_artifacts_that_install() {
     with_temp_ns("release", |ns| async move {
-        let node = missing_node(&ns.client).await;
+        let node = common::missing_node(&ns.client).await;
         let (repository, profile) = match &node {
             None => ("localhost/jwt-key-operator-release", "release"),
             Some(_) => ("registry.example.com/platform/jwt-key-operator", "dev"),

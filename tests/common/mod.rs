@@ -189,3 +189,34 @@ pub fn random_suffix(len: usize) -> String {
     }
     suffix
 }
+
+/// The node `tests/control-plane/node` registers.
+pub const NODE: &str = "jko-node";
+
+/// `None` when the test node is Ready; otherwise why the tests that need pods cannot run. With
+/// `JKO_NODE=1` (set by `.ci/run`), a missing node is a failure rather than a reason to skip.
+pub async fn missing_node(client: &Client) -> Option<String> {
+    use k8s_openapi::api::core::v1::Node;
+    let reason = match kube::Api::<Node>::all(client.clone()).get_opt(NODE).await {
+        Ok(Some(node)) => {
+            let ready = node
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready {
+                return None;
+            }
+            format!("node {NODE} is not Ready")
+        }
+        Ok(None) => format!(
+            "no node {NODE}: start one with `tests/control-plane/up --node` (or run `JKO_NODE=1 scripts/test`)"
+        ),
+        Err(err) => format!("cannot read node {NODE}: {err}"),
+    };
+    if std::env::var_os("JKO_NODE").is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("JKO_NODE is set but {reason}");
+    }
+    Some(reason)
+}
