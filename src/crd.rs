@@ -399,7 +399,7 @@ impl JwtSigningKey {
 }
 
 /// Durations of a spec, parsed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timing {
     /// How long each key signs (R).
     pub rotation_interval: GoDuration,

@@ -1,41 +1,39 @@
-//! The reconciler, as phases that are each safe to cut at any point:
-//! 1. observe and rebuild the key state from the Secret, every owned ConfigMap and the status
-//!    (`observe`);
-//! 2. a new key is saved in the Secret before it is published, then published to every target
-//!    (`publish`); a retry reuses the saved key;
-//! 3. the Secret switches (`secret`), only once every target has held the next key for P, with
-//!    retirement stamped from the moment the write returned;
-//! 4. the ConfigMaps drop what the schedule removed, and the status and events report, naming the
-//!    namespaces whose writes failed (`report`).
-//!
-//! The decisions about time are the pure `schedule`; this module observes, asks, applies, reports.
+//! The reconciler: read what the key's objects look like ([`read`]), decide in a pure step machine
+//! ([`machine`]) what to do next given that, this process's memory and the time, and perform each
+//! step through a thin layer of effects ([`effects`]) that checks the fence before every write.
+//! The decisions about time are the pure `schedule`; the key state is rebuilt on every reconcile
+//! (`observe`); the ConfigMaps are planned in `publish`; the status and events in `report`.
 
 mod backoff;
 mod cache;
+pub mod effects;
+#[cfg(test)]
+mod fake;
 mod known;
+pub mod machine;
 mod observe;
 mod publish;
+mod read;
 mod report;
-mod secret;
+#[cfg(test)]
+mod schedules;
 
 use std::{
-    borrow::Cow,
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Namespace, Secret},
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{PartialObjectMeta, Patch, PatchParams, PostParams},
+    api::PartialObjectMeta,
     runtime::{
         controller::Action,
-        events::EventType,
         finalizer::{Event as Finalizer, finalizer},
         reflector::Store,
         watcher,
@@ -43,27 +41,21 @@ use kube::{
 };
 use tracing::{debug, info, instrument, warn};
 
+pub use backoff::Target;
 pub use cache::{Cached, Synced, strip_bookkeeping, strip_namespace};
 pub use observe::{Inputs, Rebuilt, rebuild};
-pub use publish::published_jwks;
-pub use report::{Events, SERIES_WINDOW};
+pub use publish::{Publication, Write, published_jwks};
+pub use report::{Events, Readiness, SERIES_WINDOW};
 
 use crate::{
-    crd::{
-        ACCEPT_FROM_ANNOTATION, JwtSigningKey, JwtSigningKeyStatus, REVOKE_ANNOTATION,
-        ROTATE_ANNOTATION, accepts,
-    },
+    crd::{JwtSigningKey, REVOKE_ANNOTATION, ROTATE_ANNOTATION},
     duration::GoDuration,
-    keys::{Jwk, KeyPair},
     leader::Fence,
     metrics::Metrics,
-    resources::{self, PrivateKeys},
-    schedule::{self, KeyRecord, KeySet, NewKey, PendingKey, Transition},
-    time::plus,
+    resources,
 };
-use publish::Publisher;
-use report::Readiness;
-use secret::SecretWriter;
+use effects::Kube;
+use machine::{Machine, Memory, REQUEUE_MARGIN, Removal};
 
 /// Field manager for every write.
 pub const MANAGER: &str = "jwt-key-operator";
@@ -74,10 +66,6 @@ pub const FINALIZER: &str = "jwtkeys.dev/cleanup";
 pub const RETRY_BASE: Duration = Duration::from_secs(2);
 /// Longest retry delay.
 pub const RETRY_MAX: Duration = Duration::from_secs(300);
-
-/// A write whose return is later than the planned instant by more than this is stamped again in the
-/// Secret's state (the retention's clock margin covers the rest).
-const STAMP_TOLERANCE: SignedDuration = SignedDuration::from_millis(200);
 
 /// Why a reconcile failed. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
@@ -362,22 +350,12 @@ impl Context {
             .next_retry(&uid, Instant::now())
     }
 
-    /// When this process saw `kid`, the next key of `jsk`, published in every ConfigMap.
-    fn next_published_at(&self, jsk: &JwtSigningKey, kid: &str) -> Option<Timestamp> {
-        let uid = jsk.uid()?;
-        let remembered = self.next_published.lock().expect("next key lock");
-        remembered
-            .get(&uid)
-            .filter(|(next, _)| next == kid)
-            .map(|(_, at)| *at)
-    }
-
     /// Remembers the next key of `jsk` and when it was published everywhere (or forgets it).
-    fn remember_next(&self, jsk: &JwtSigningKey, next: Option<&KeyRecord>) {
+    fn remember_next(&self, jsk: &JwtSigningKey, next: Option<(String, Timestamp)>) {
         let Some(uid) = jsk.uid() else { return };
         let mut remembered = self.next_published.lock().expect("next key lock");
         match next {
-            Some(next) => remembered.insert(uid, (next.kid().to_string(), next.published_at)),
+            Some(next) => remembered.insert(uid, next),
             None => remembered.remove(&uid),
         };
     }
@@ -473,12 +451,7 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
     let namespace = jsk.namespace().unwrap_or_default();
     let api: Api<JwtSigningKey> = Api::namespaced(ctx.client.clone(), &namespace);
     let deleting = jsk.metadata.deletion_timestamp.is_some();
-    let copies = Reconciliation {
-        jsk: &jsk,
-        ctx: &ctx,
-        namespace: namespace.clone(),
-    }
-    .list_copies();
+    let copies = read::copies(&jsk, &ctx);
     let result = if jsk.finalizers().iter().any(|f| f == FINALIZER)
         || (!deleting && publishes_copies(&jsk, &copies))
     {
@@ -534,9 +507,14 @@ pub fn error_policy(jsk: Arc<JwtSigningKey>, error: &Error, ctx: Arc<Context>) -
 }
 
 /// Outcome of looking at an object the operator wants to write.
-pub(crate) enum Found<T> {
+#[derive(Clone, Debug, Default)]
+pub enum Found<T> {
+    /// No object of that name.
+    #[default]
     Missing,
+    /// This key's.
     Owned(T),
+    /// Someone else's: left untouched.
     Foreign,
 }
 
@@ -555,845 +533,33 @@ where
     })
 }
 
-/// Writes a Secret or ConfigMap the way the operator writes them all: created when `current` is
-/// `None` (a 409 means someone else took the name meanwhile), else turned into `desired` by one
-/// merge patch with the stored `resourceVersion` as precondition ([`resources::update_patch`]).
-pub(crate) async fn create_or_update<K>(
-    api: &Api<K>,
-    current: Option<&K>,
-    desired: &K,
-) -> Result<K, kube::Error>
-where
-    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match current {
-        None => {
-            let params = PostParams {
-                field_manager: Some(MANAGER.into()),
-                ..PostParams::default()
-            };
-            api.create(&params, desired).await
-        }
-        Some(current) => {
-            let params = PatchParams {
-                field_manager: Some(MANAGER.into()),
-                ..PatchParams::default()
-            };
-            let patch = Patch::Merge(resources::update_patch(current, desired));
-            api.patch(&desired.name_any(), &params, &patch).await
-        }
-    }
-}
-
-pub(crate) struct Reconciliation<'a> {
-    jsk: &'a JwtSigningKey,
-    ctx: &'a Context,
-    namespace: String,
-}
-
-/// Public keys in `jwks.json` order: signing keys (newest first), next keys, the pending key,
-/// retired keys newest first. Revoked keys are left out (the publisher adds the key the Secret
-/// still signs with until it switches, a revoked one only where it is held,
-/// [`Publisher::set_signing`]).
-fn publication_order(keys: &KeySet) -> Vec<Jwk> {
-    let mut signing: Vec<_> = keys
-        .keys
-        .iter()
-        .filter(|k| k.activated_at.is_some() && k.retired_at.is_none())
-        .collect();
-    signing.sort_by_key(|k| std::cmp::Reverse(k.activated_at));
-    let mut next: Vec<_> = keys
-        .keys
-        .iter()
-        .filter(|k| k.activated_at.is_none())
-        .collect();
-    next.sort_by_key(|k| std::cmp::Reverse(k.published_at));
-    let mut order: Vec<Jwk> = signing
-        .into_iter()
-        .chain(next)
-        .map(|k| k.jwk.clone())
-        .chain(keys.pending.iter().map(|p| p.jwk.clone()))
-        .chain(keys.retired().into_iter().map(|k| k.jwk.clone()))
-        .filter(|jwk| !keys.revoked.contains(&jwk.kid))
-        .collect();
-    let mut seen = std::collections::BTreeSet::new();
-    order.retain(|jwk| seen.insert(jwk.kid.clone()));
-    order
-}
-
-/// Moves the instants the plan stamped at `planned` to `returned`, when the Secret write that made
-/// them true returned. Only a retirement needs it (a retired key's retention counts from the moment
-/// it stopped signing); an activation alone keeps its planned instant, which only shifts the next
-/// rotation by the write's latency, and costs no second Secret write. Returns whether anything
-/// moved.
-fn restamp(
-    keys: &mut KeySet,
-    planned: Timestamp,
-    returned: Timestamp,
-    retention: SignedDuration,
-) -> bool {
-    if !keys.keys.iter().any(|k| k.retired_at == Some(planned)) {
-        return false;
-    }
-    let mut moved = false;
-    for key in keys.keys.iter_mut() {
-        if key.retired_at == Some(planned) {
-            key.retired_at = Some(returned);
-            key.remove_after = Some(key.remove_after.map_or(plus(returned, retention), |at| {
-                at.max(plus(returned, retention))
-            }));
-            moved = true;
-        }
-        if key.activated_at == Some(planned) {
-            key.activated_at = Some(returned);
-            moved = true;
-        }
-    }
-    moved
-}
-
-/// The Secret for `keys`. A next key that the Secret holds as the pending key it was saved as
-/// (`saved`) stays written that way until it signs: publishing it costs no Secret write. The
-/// instant it was published everywhere is kept in memory ([`Context::next_published_at`]) and in
-/// the status, which a process that restarts during P reads it from
-/// ([`observe::published_next_since`]); a process that finds it in neither counts from its own
-/// first look, so an activation can come later, never earlier.
-fn desired_secret(
-    jsk: &JwtSigningKey,
-    keys: &KeySet,
-    private: &BTreeMap<String, KeyPair>,
-    saved: Option<&PendingKey>,
-) -> Secret {
-    let held_as_pending = saved.filter(|saved| {
-        keys.pending.is_none() && keys.next().is_some_and(|next| next.kid() == saved.jwk.kid)
-    });
-    let keys = match held_as_pending {
-        Some(saved) => {
-            let mut held = keys.clone();
-            held.keys.retain(|k| k.kid() != saved.jwk.kid);
-            held.pending = Some(saved.clone());
-            Cow::Owned(held)
-        }
-        None => Cow::Borrowed(keys),
-    };
-    // Each private key is written with the JWK it was published as: its algorithm is the one it
-    // was made for, even when the spec names another by now (that one applies to the next key).
-    let pair = |jwk: &Jwk| {
-        private.get(&jwk.kid).cloned().map(|mut pair| {
-            pair.jwk = jwk.clone();
-            pair
-        })
-    };
-    let private_keys = PrivateKeys {
-        active: keys.active().and_then(|k| pair(&k.jwk)),
-        next: keys.next().and_then(|k| pair(&k.jwk)),
-        pending: keys.pending.as_ref().and_then(|p| pair(&p.jwk)),
-    };
-    resources::secret(jsk, &keys, &private_keys)
-}
-
-fn text<'s>(secret: Option<&'s Secret>, key: &str) -> Option<&'s str> {
-    secret
-        .and_then(|s| s.data.as_ref())
-        .and_then(|d| d.get(key))
-        .and_then(|v| std::str::from_utf8(&v.0).ok())
-}
-
 /// Brings the key's objects to its schedule. `copies` are the copies it owns in other namespaces
-/// ([`Reconciliation::list_copies`]).
+/// ([`read::copies`]).
 async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Result<Action> {
-    let namespace = jsk.namespace().unwrap_or_default();
-    let status = jsk.status.clone().unwrap_or_default();
-    let run = Reconciliation {
-        jsk,
-        ctx,
-        namespace: namespace.clone(),
+    let observed = read::observe(jsk, ctx, copies).await?;
+    let uid = jsk.uid().unwrap_or_default();
+    let memory = Memory {
+        next_published: ctx
+            .next_published
+            .lock()
+            .expect("next key lock")
+            .get(&uid)
+            .cloned(),
+        secret_waiting: ctx.waiting(
+            jsk,
+            &Target::secret(&jsk.namespace().unwrap_or_default(), &jsk.secret_name()),
+        ),
+        activation_margin: ctx.activation_margin,
     };
-
-    let mut timing = match jsk.spec.timing() {
-        Ok(timing) => timing,
-        Err(problem) => {
-            run.not_ready("InvalidSpec", &problem.to_string(), &status)
-                .await?;
-            return Ok(Action::await_change());
-        }
-    };
-    timing.activation_margin = ctx.activation_margin;
-    let retention = schedule::retention(&timing);
-
-    // Observe.
-    let secret_name = jsk.secret_name();
-    let config_map_name = jsk.config_map_name();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = match ctx
-        .secrets
-        .find(&ctx.client, &namespace, &secret_name, jsk)
-        .await
-    {
-        Ok(Found::Foreign) => {
-            let message = format!(
-                "Secret {secret_name} exists and is not managed by this JwtSigningKey; it is left untouched. \
-                 Delete or rename it, or set spec.secretName."
-            );
-            run.not_ready("SecretConflict", &message, &status).await?;
-            return Ok(Action::await_change());
-        }
-        Ok(Found::Owned(secret)) => Some(secret),
-        Ok(Found::Missing) => None,
-        Err(e) => return Err(Error::GetSecret(secret_name, e)),
-    };
-    // After a secretName change, the keys move from the Secret under the old name.
-    let renamed_secret = match &secret {
-        Some(_) => None,
-        None => run.renamed_secret(),
-    };
-    let home = match ctx
-        .config_maps
-        .find(&ctx.client, &namespace, &config_map_name, jsk)
-        .await
-    {
-        Ok(Found::Foreign) => {
-            let message = format!(
-                "ConfigMap {config_map_name} exists and is not managed by this JwtSigningKey; it is left \
-                 untouched. Delete or rename it, or set spec.configMapName."
-            );
-            run.not_ready("ConfigMapConflict", &message, &status)
-                .await?;
-            return Ok(Action::await_change());
-        }
-        Ok(Found::Owned(cm)) => Some(cm),
-        Ok(Found::Missing) => None,
-        Err(e) => return Err(Error::GetConfigMap(config_map_name, e)),
-    };
-    let (targets, unaccepted) = run.target_namespaces();
-    let renamed_home = run.renamed_home_config_maps();
-    // The status helps rebuild the state when the Secret is gone: the stored one, since the cached
-    // object may predate the last status write. A key that never had a status in the cache and
-    // has no Secret or ConfigMap anywhere is new, and costs no read: with no key published, a
-    // status the cache has not seen yet could only say that a rotate or revoke annotation was
-    // handled, and acting on it again publishes one more key, or revokes none.
-    let stored_status = match secret.as_ref().or(renamed_secret.as_ref()) {
-        Some(_) => None,
-        None if jsk.status.is_none()
-            && home.is_none()
-            && copies.is_empty()
-            && renamed_home.is_empty() =>
-        {
-            Some(run.status_known().unwrap_or_default())
-        }
-        None => Some(run.stored_status().await?),
-    };
-    let known_status = stored_status.clone().unwrap_or_else(|| status.clone());
-    let mut publisher = Publisher::new(&run, home, copies, &targets).await;
-
-    let now = Timestamp::now();
-    let source = secret.as_ref().or(renamed_secret.as_ref());
-    let Rebuilt {
-        mut keys,
-        mut private,
-        repairs,
-    } = rebuild(
-        &timing,
-        &Inputs {
-            state_json: text(source, resources::STATE_JSON),
-            active_pem: text(source, resources::PRIVATE_PEM),
-            next_pem: text(source, resources::NEXT_PRIVATE_PEM),
-            pending_pem: text(source, resources::PENDING_PRIVATE_PEM),
-            published: publisher.published(),
-            status: Some(&known_status),
-            algorithm: jsk.spec.algorithm,
-        },
-        now,
-    );
-    for repair in &repairs {
-        warn!(repair, "key state repaired");
-    }
-    // The pending key as the Secret holds it (a next key stays held that way until it signs).
-    let mut saved_pending = keys.pending.clone();
-    let mut notes: Vec<(EventType, &'static str, String)> = repairs
-        .into_iter()
-        .map(|r| (EventType::Warning, "StateRepaired", r))
-        .collect();
-    take_annotations(jsk, &mut keys, &known_status, now, &mut notes);
-    // What the ConfigMaps name and the operator never recorded was put there by whoever may edit
-    // them: the next write removes it, and it reaches no other ConfigMap.
-    for (ns, kids) in publisher.foreign_kids(|kid| keys.records(kid)) {
-        notes.push((
-            EventType::Warning,
-            "ForeignKeyRemoved",
-            format!(
-                "ConfigMap {config_map_name} in namespace {ns} held key(s) {} that this JwtSigningKey \
-                 never published; they are removed and published nowhere else",
-                kids.join(", ")
-            ),
-        ));
-    }
-    let mut writer = SecretWriter::new(secrets, secret_name.clone(), secret);
-    // Every ConfigMap version holds the key the Secret signs with, until the Secret switches.
-    let signing_in_secret = keys.active().map(|k| k.jwk.clone());
-    let signing_revoked = signing_in_secret
-        .as_ref()
-        .is_some_and(|jwk| keys.revoked.contains(&jwk.kid));
-    publisher.set_signing(signing_in_secret.clone(), signing_revoked);
-
-    // New keys: saved in the Secret, then published everywhere, then part of the schedule.
-    let mut secret_error = None;
-    loop {
-        let plan = schedule::plan(&timing, &keys, Timestamp::now());
-        let Some(role) = plan.generate else { break };
-        let reuse = keys
-            .pending
-            .clone()
-            .filter(|p| private.contains_key(&p.jwk.kid));
-        // A key generated and published in the same reconcile gets one event, not two.
-        let mut created_note = None;
-        let pending = match reuse {
-            Some(pending) => pending,
-            None => {
-                // A key is saved before it is published: none is made while the Secret waits to
-                // retry a refused write.
-                if let Some(error) =
-                    ctx.waiting(jsk, &backoff::Target::secret(&namespace, &secret_name))
-                {
-                    secret_error = Some(Error::Waiting(error));
-                    break;
-                }
-                let pair = run.generate_key().await?;
-                let pending = PendingKey {
-                    jwk: pair.jwk.clone(),
-                    generated_at: Timestamp::now(),
-                };
-                keys.pending = Some(pending.clone());
-                private.insert(pair.kid().to_string(), pair);
-                if let Err(e) = writer
-                    .write(&run, desired_secret(jsk, &keys, &private, None))
-                    .await
-                {
-                    // Not saved, so never published: the next try makes another.
-                    private.remove(&pending.jwk.kid);
-                    keys.pending = saved_pending.clone();
-                    secret_error = Some(e);
-                    break;
-                }
-                created_note = Some(notes.len());
-                notes.push((
-                    EventType::Normal,
-                    "KeyCreated",
-                    format!(
-                        "Generated {} key {} ({})",
-                        pending.jwk.alg,
-                        pending.jwk.kid,
-                        private[&pending.jwk.kid].description()
-                    ),
-                ));
-                saved_pending = Some(pending.clone());
-                pending
-            }
-        };
-        let everywhere = publisher.publish(&publication_order(&keys)).await;
-        // A next key waits until every target holds it. A key that must sign now signs once every
-        // writable target holds it; when no key signs yet, once the home ConfigMap holds it.
-        if role == NewKey::Next && !everywhere {
-            break;
-        }
-        if role == NewKey::SignsNow
-            && signing_in_secret.is_none()
-            && !publisher.home_holds(&pending.jwk.kid)
-        {
-            break;
-        }
-        let published_at = match (publisher.added_at(&pending.jwk.kid), role) {
-            (Some(added), _) => added,
-            (None, NewKey::SignsNow) => Timestamp::now(),
-            (None, NewKey::Next) => {
-                next_published_since(ctx, jsk, &known_status, &pending, &publisher)
-            }
-        };
-        keys.pending = None;
-        keys.add_published(pending.jwk.clone(), published_at, role);
-        let published = match role {
-            NewKey::SignsNow => "is published and signs at once",
-            NewKey::Next => "is published in every ConfigMap; it signs after propagationDelay",
-        };
-        // A next key held as pending is found published on every reconcile until it signs: it
-        // gets its event from the reconcile whose writes published it.
-        match created_note {
-            Some(i) => notes[i].2.push_str(&format!("; it {published}")),
-            None if role == NewKey::SignsNow || publisher.added_at(&pending.jwk.kid).is_some() => {
-                notes.push((
-                    EventType::Normal,
-                    "KeyPublished",
-                    format!("Key {} {published}", pending.jwk.kid),
-                ))
-            }
-            None => {}
-        }
-    }
-
-    // Every target holds every key before the Secret changes (repairs included, whether or not
-    // the Secret can be written); the next key counts as published from the last write that added
-    // it anywhere, and not at all while a target lacks it. This process remembers that instant
-    // before anything else can fail.
-    publisher.publish(&publication_order(&keys)).await;
-    hold_next_until_everywhere(&mut keys, &publisher);
-    ctx.remember_next(jsk, keys.next());
-
-    // Switch the Secret.
-    let planned = Timestamp::now();
-    let mut plan = schedule::plan(&timing, &keys, planned);
-    if secret_error.is_none() {
-        match writer
-            .write(
-                &run,
-                desired_secret(jsk, &plan.keys, &private, saved_pending.as_ref()),
-            )
-            .await
-        {
-            Ok(Some(returned)) => {
-                if restamp(&mut plan.keys, planned, returned, retention)
-                    && returned.duration_since(planned) > STAMP_TOLERANCE
-                    && let Err(e) = writer
-                        .write(
-                            &run,
-                            desired_secret(jsk, &plan.keys, &private, saved_pending.as_ref()),
-                        )
-                        .await
-                {
-                    secret_error = Some(e);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => secret_error = Some(e),
-        }
-    }
-    if let Some(error) = secret_error {
-        // The Secret did not switch: the keys stay as they were before the plan, and the status
-        // records them (the instant the next key was published everywhere included).
-        let message = format!(
-            "Writing Secret {secret_name} failed; the keys it holds are unchanged and ConfigMaps keep \
-             every key it may sign with: {}",
-            error.brief()
-        );
-        let ready = Readiness {
-            status: "False",
-            reason: "SecretWriteFailed",
-            message,
-        };
-        run.report(ReportInput {
-            timing: &timing,
-            keys: &keys,
-            transitions: &[],
-            notes,
-            ready: &ready,
-            publisher: &publisher,
-            unaccepted,
-            old: &status,
-            stored: stored_status,
-        })
-        .await?;
-        return Err(error);
-    }
-    let mut keys = plan.keys.clone();
-
-    // Drop what the schedule removed, now that the Secret no longer needs it.
-    publisher.set_signing(keys.active().map(|k| k.jwk.clone()), false);
-    publisher.publish(&publication_order(&keys)).await;
-    let mut failures = publisher.failures();
-    if let Some(kid) = keys.next().map(|k| k.kid().to_string())
-        && let Some(added) = publisher.added_at(&kid)
-    {
-        if let Some(next) = keys.keys.iter_mut().find(|k| k.kid() == kid)
-            && next.published_at < added
-        {
-            next.published_at = added;
-        }
-        if let Err(error) = writer
-            .write(
-                &run,
-                desired_secret(jsk, &keys, &private, saved_pending.as_ref()),
-            )
-            .await
-        {
-            failures.insert(namespace.clone(), error.brief());
-        }
-    }
-    ctx.remember_next(jsk, keys.next());
-
-    // Objects under names this key no longer uses go once the current names hold the keys; a
-    // removal that fails is reported and retried, and skips nothing else.
-    if failures.is_empty() {
-        for old in renamed_home.iter().chain(publisher.renamed()) {
-            if let Err(error) = run.delete_config_map(old).await {
-                failures.insert(old.namespace().unwrap_or_default(), error.brief());
-            }
-        }
-    }
-    if let Some(old) = &renamed_secret
-        && writer.written()
-    {
-        match run.delete_secret(old).await {
-            Ok(()) => notes.push((
-                EventType::Normal,
-                "SecretRenamed",
-                format!(
-                    "The keys moved from Secret {} to {secret_name}; the old Secret was deleted",
-                    old.name_any()
-                ),
-            )),
-            Err(error) => {
-                failures.insert(namespace.clone(), error.brief());
-            }
-        }
-    }
-
-    let ready = readiness(&run, &keys, &failures, publisher.conflicts());
-    run.report(ReportInput {
-        timing: &timing,
-        keys: &keys,
-        transitions: &plan.transitions,
-        notes,
-        ready: &ready,
-        publisher: &publisher,
-        unaccepted,
-        old: &status,
-        stored: stored_status,
-    })
-    .await?;
-    if !failures.is_empty() {
-        return Err(Error::Publish(ready.message));
-    }
-    Ok(match plan.next_change {
+    let machine = Machine::new(jsk, observed, memory, Timestamp::now());
+    let next_change = effects::execute(machine, &Kube { jsk, ctx }).await?;
+    Ok(match next_change {
         Some(at) => Action::requeue(
             Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()
-                + Duration::from_millis(20),
+                + REQUEUE_MARGIN,
         ),
         None => Action::await_change(),
     })
-}
-
-/// When a next key that every target holds was published everywhere, when no write of this
-/// reconcile added it: this process's record of an earlier reconcile, or the status (a process
-/// that restarted during P), never before the newest ConfigMap holding it was created (a namespace
-/// that started accepting, a recreated ConfigMap, which a crash may have kept out of both);
-/// otherwise now.
-fn next_published_since(
-    ctx: &Context,
-    jsk: &JwtSigningKey,
-    status: &JwtSigningKeyStatus,
-    pending: &PendingKey,
-    publisher: &Publisher<'_>,
-) -> Timestamp {
-    let now = Timestamp::now();
-    let recorded = ctx
-        .next_published_at(jsk, &pending.jwk.kid)
-        .or_else(|| observe::published_next_since(status, pending, now));
-    match recorded {
-        Some(at) => at
-            .max(publisher.created_holding(&pending.jwk.kid).unwrap_or(at))
-            .min(now),
-        None => now,
-    }
-}
-
-/// What [`Reconciliation::report`] reports.
-struct ReportInput<'r> {
-    timing: &'r crate::crd::Timing,
-    keys: &'r KeySet,
-    transitions: &'r [Transition],
-    notes: Vec<(EventType, &'static str, String)>,
-    ready: &'r Readiness,
-    publisher: &'r Publisher<'r>,
-    unaccepted: Vec<String>,
-    old: &'r JwtSigningKeyStatus,
-    stored: Option<JwtSigningKeyStatus>,
-}
-
-impl Reconciliation<'_> {
-    /// Events for what happened, a Warning when the Ready condition turns false for a new reason,
-    /// the status and the key gauges.
-    async fn report(&self, input: ReportInput<'_>) -> Result<()> {
-        let ReportInput {
-            timing,
-            keys,
-            transitions,
-            mut notes,
-            ready,
-            publisher,
-            unaccepted,
-            old,
-            stored,
-        } = input;
-        let namespace = &self.namespace;
-        if unaccepted != old.unaccepted_namespaces && !unaccepted.is_empty() {
-            notes.push((
-                EventType::Normal,
-                "NamespaceNotAccepted",
-                format!(
-                    "Namespace(s) {} match publish.namespaceSelector but do not accept copies of this \
-                     key (annotation {ACCEPT_FROM_ANNOTATION} naming {namespace}/{} or {namespace}/*); \
-                     nothing is written there",
-                    unaccepted.join(", "),
-                    self.jsk.name_any()
-                ),
-            ));
-        }
-        for transition in transitions {
-            notes.push(match transition {
-                Transition::Activated(kid) => {
-                    self.ctx.metrics.rotation(self.jsk);
-                    (
-                        EventType::Normal,
-                        "KeyActivated",
-                        format!("Key {kid} now signs"),
-                    )
-                }
-                Transition::Retired(kid) => (
-                    EventType::Normal,
-                    "KeyRetired",
-                    format!("Key {kid} stopped signing; it stays published for verification"),
-                ),
-                Transition::Removed(kid) => (
-                    EventType::Normal,
-                    "KeyRemoved",
-                    format!("Key {kid} is no longer published"),
-                ),
-                Transition::Revoked(kid) => (
-                    EventType::Normal,
-                    "KeyRevoked",
-                    format!(
-                        "Key {kid} was revoked and removed from the Secret and every ConfigMap"
-                    ),
-                ),
-            });
-        }
-        for (type_, reason, note) in notes {
-            info!(reason, note, "key event");
-            self.event(type_, reason, note).await;
-        }
-        if ready.status == "False" {
-            self.warn_if_new(ready, old).await;
-        }
-        // The gauges before the status: whoever sees the status sees the gauges of the same keys.
-        self.ctx
-            .metrics
-            .observe_keys(self.jsk, keys, schedule::next_rotation(timing, keys));
-        let mut new_status =
-            self.status(timing, keys, publisher.published_namespaces(), ready, old);
-        new_status.unaccepted_namespaces = unaccepted;
-        self.write_status(new_status, old, stored).await
-    }
-}
-
-/// A next key that some target does not hold yet has not been published for any time at all: it
-/// counts from now, and from the write that finally adds it.
-fn hold_next_until_everywhere(keys: &mut KeySet, publisher: &Publisher<'_>) {
-    let Some(kid) = keys.next().map(|k| k.kid().to_string()) else {
-        return;
-    };
-    let since = if publisher.everywhere(&kid) {
-        publisher.added_at(&kid)
-    } else {
-        Some(Timestamp::now())
-    };
-    if let Some(since) = since
-        && let Some(next) = keys.keys.iter_mut().find(|k| k.kid() == kid)
-    {
-        next.published_at = next.published_at.max(since);
-    }
-}
-
-fn readiness(
-    run: &Reconciliation<'_>,
-    keys: &KeySet,
-    failures: &BTreeMap<String, String>,
-    conflicts: &[String],
-) -> Readiness {
-    let name = run.jsk.config_map_name();
-    if !failures.is_empty() {
-        let namespaces: Vec<&str> = failures.keys().map(String::as_str).collect();
-        let first = failures.values().next().cloned().unwrap_or_default();
-        return Readiness {
-            status: "False",
-            reason: "PublishFailed",
-            message: format!(
-                "Publishing ConfigMap {name} failed in namespace(s) {}; retrying with backoff. A next \
-                 key signs only once every namespace holds it. First error: {first}",
-                namespaces.join(", ")
-            ),
-        };
-    }
-    if !conflicts.is_empty() {
-        return Readiness {
-            status: "False",
-            reason: "ConfigMapConflict",
-            message: format!(
-                "ConfigMap {name} exists and is not managed by this JwtSigningKey in namespace(s) {}; \
-                 those are left untouched and get no copy",
-                conflicts.join(", ")
-            ),
-        };
-    }
-    Readiness {
-        status: "True",
-        reason: "KeysReady",
-        message: format!(
-            "{} key(s) published; key {} signs",
-            keys.keys.len(),
-            keys.active().map(|k| k.kid()).unwrap_or("-")
-        ),
-    }
-}
-
-/// Acts on new values of the rotate and revoke annotations (each value once). A value counts as
-/// handled when the state or the status says so.
-fn take_annotations(
-    jsk: &JwtSigningKey,
-    keys: &mut KeySet,
-    status: &JwtSigningKeyStatus,
-    now: Timestamp,
-    notes: &mut Vec<(EventType, &'static str, String)>,
-) {
-    let annotations = jsk.annotations();
-    if let Some(value) = annotations.get(ROTATE_ANNOTATION)
-        && keys.handled_rotate.as_ref() != Some(value)
-        && status.last_rotate_annotation.as_ref() != Some(value)
-    {
-        keys.handled_rotate = Some(value.clone());
-        keys.rotation_requested_at = Some(now);
-        notes.push((
-            EventType::Normal,
-            "RotationRequested",
-            format!("Rotation requested ({ROTATE_ANNOTATION}={value})"),
-        ));
-    }
-    if let Some(value) = annotations.get(REVOKE_ANNOTATION)
-        && keys.handled_revoke.as_ref() != Some(value)
-        && status.last_revoke_annotation.as_ref() != Some(value)
-    {
-        keys.handled_revoke = Some(value.clone());
-        for kid in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
-            let known = keys.keys.iter().any(|k| k.kid() == kid)
-                || keys.pending.as_ref().is_some_and(|p| p.jwk.kid == kid);
-            if !known {
-                notes.push((
-                    EventType::Warning,
-                    "RevokeUnknownKey",
-                    format!("Key {kid} is not published by this JwtSigningKey; nothing to revoke"),
-                ));
-                continue;
-            }
-            keys.revoked.insert(kid.to_string());
-            keys.revoked_at.insert(kid.to_string(), now);
-            if keys.pending.as_ref().is_some_and(|p| p.jwk.kid == kid) {
-                keys.pending = None;
-            }
-        }
-    }
-}
-
-impl Reconciliation<'_> {
-    async fn generate_key(&self) -> Result<KeyPair> {
-        let bits = self.jsk.spec.rsa_key_size() as usize;
-        let algorithm = self.jsk.spec.algorithm;
-        let _permit = self
-            .ctx
-            .keygen
-            .acquire()
-            .await
-            .expect("the key generation pool is never closed");
-        let started = Instant::now();
-        let pair = tokio::task::spawn_blocking(move || KeyPair::generate(bits, algorithm))
-            .await
-            .map_err(Error::KeyTask)?
-            .map_err(Error::GenerateKey)?;
-        self.ctx.metrics.key_generated(&pair, started.elapsed());
-        Ok(pair)
-    }
-
-    /// The namespaces the selector matches, split into those that accept copies of this key and
-    /// those that do not (terminating namespaces are neither).
-    fn target_namespaces(&self) -> (Vec<String>, Vec<String>) {
-        let Some(selector) = self
-            .jsk
-            .spec
-            .publish
-            .as_ref()
-            .and_then(|p| p.namespace_selector.as_ref())
-        else {
-            return (Vec::new(), Vec::new());
-        };
-        let name = self.jsk.name_any();
-        let (mut accepted, mut unaccepted): (Vec<_>, Vec<_>) = self
-            .ctx
-            .namespaces
-            .state()
-            .iter()
-            .filter(|ns| ns.metadata.deletion_timestamp.is_none())
-            .filter(|ns| ns.name_any() != self.namespace && self.ctx.in_scope(&ns.name_any()))
-            .filter(|ns| selector_matches(selector, ns.metadata.labels.as_ref()))
-            .map(|ns| {
-                let accept_from = ns
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(ACCEPT_FROM_ANNOTATION))
-                    .map(String::as_str);
-                (ns.name_any(), accepts(accept_from, &self.namespace, &name))
-            })
-            .partition(|(_, accepted)| *accepted);
-        accepted.sort();
-        unaccepted.sort();
-        (
-            accepted.into_iter().map(|(ns, _)| ns).collect(),
-            unaccepted.into_iter().map(|(ns, _)| ns).collect(),
-        )
-    }
-
-    /// ConfigMaps this key owns in its own namespace under a name it no longer uses.
-    fn renamed_home_config_maps(&self) -> Vec<ConfigMap> {
-        let name = self.jsk.config_map_name();
-        self.ctx
-            .config_maps
-            .owned(
-                Some(&self.namespace),
-                (resources::SIGNING_KEY_LABEL, &self.jsk.name_any()),
-                self.jsk,
-            )
-            .into_iter()
-            .filter(|cm| cm.name_any() != name)
-            .collect()
-    }
-
-    /// A Secret this key owns under a name it no longer uses (after a `secretName` change).
-    fn renamed_secret(&self) -> Option<Secret> {
-        let name = self.jsk.secret_name();
-        self.ctx
-            .secrets
-            .owned(
-                Some(&self.namespace),
-                (resources::SIGNING_KEY_LABEL, &self.jsk.name_any()),
-                self.jsk,
-            )
-            .into_iter()
-            .find(|s| s.name_any() != name)
-    }
-
-    /// The copies this key owns in other namespaces.
-    fn list_copies(&self) -> Vec<ConfigMap> {
-        self.ctx
-            .config_maps
-            .owned(
-                None,
-                (resources::SOURCE_NAMESPACE_LABEL, &self.namespace),
-                self.jsk,
-            )
-            .into_iter()
-            .filter(|cm| {
-                cm.namespace().as_deref() != Some(self.namespace.as_str())
-                    && cm.labels().get(resources::SIGNING_KEY_LABEL) == Some(&self.jsk.name_any())
-            })
-            .collect()
-    }
 }
 
 /// Whether a key has copies in other namespaces to remove when it goes: it selects namespaces, or
@@ -1409,16 +575,12 @@ fn publishes_copies(jsk: &JwtSigningKey, copies: &[ConfigMap]) -> bool {
     selects || !copies.is_empty()
 }
 
-/// Removes the ConfigMap `copies` in other namespaces ([`Reconciliation::list_copies`]); objects in
+/// Removes the ConfigMap `copies` in other namespaces ([`read::copies`]); objects in
 /// the JwtSigningKey's own namespace go with it through their ownerReferences.
 async fn cleanup(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Result<Action> {
-    let run = Reconciliation {
-        jsk,
-        ctx,
-        namespace: jsk.namespace().unwrap_or_default(),
-    };
+    let effects = Kube { jsk, ctx };
     for copy in copies {
-        run.delete_config_map(&copy).await?;
+        effects::delete(&effects, &Removal::ConfigMap(copy)).await?;
     }
     ctx.deleted(&known::Gone::of(jsk));
     Ok(Action::await_change())
@@ -1452,101 +614,6 @@ pub fn selector_matches(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_next_key_saved_as_pending_is_written_as_it_was_saved_until_it_signs() {
-        let mut jsk = JwtSigningKey::new(
-            "auth",
-            serde_json::from_value(serde_json::json!({})).unwrap(),
-        );
-        jsk.metadata.namespace = Some("auth".into());
-        jsk.metadata.uid = Some("uid-1".into());
-        let t = |s| Timestamp::from_second(s).unwrap();
-        let (signing, next) = (
-            KeyPair::generate(2048, crate::crd::Algorithm::RS256).unwrap(),
-            KeyPair::generate(2048, crate::crd::Algorithm::RS256).unwrap(),
-        );
-        let private: BTreeMap<String, KeyPair> = [&signing, &next]
-            .map(|p| (p.kid().to_string(), p.clone()))
-            .into_iter()
-            .collect();
-        let saved = PendingKey {
-            jwk: next.jwk.clone(),
-            generated_at: t(100),
-        };
-        // As saved before publication: the signing key and the pending key.
-        let mut keys = KeySet {
-            keys: vec![KeyRecord::published(signing.jwk.clone(), t(0), true)],
-            pending: Some(saved.clone()),
-            ..KeySet::default()
-        };
-        let stored = desired_secret(&jsk, &keys, &private, None);
-        // Published everywhere: the next key of the schedule.
-        keys.pending = None;
-        keys.keys
-            .push(KeyRecord::published(next.jwk.clone(), t(110), false));
-        assert_eq!(
-            desired_secret(&jsk, &keys, &private, Some(&saved)).data,
-            stored.data,
-            "publishing the saved key changes nothing in the Secret"
-        );
-        let legacy = desired_secret(&jsk, &keys, &private, None);
-        assert!(
-            legacy
-                .data
-                .as_ref()
-                .unwrap()
-                .contains_key(resources::NEXT_PRIVATE_PEM),
-            "a next key the Secret does not hold as pending is written as the next key"
-        );
-        // Once it signs, the Secret holds it as the signing key and no pending key.
-        let plan = schedule::plan(
-            &serde_json::from_value::<crate::crd::JwtSigningKeySpec>(serde_json::json!({
-                "rotationInterval": "100s", "propagationDelay": "10s", "maxTokenLifetime": "10s"
-            }))
-            .unwrap()
-            .timing()
-            .unwrap(),
-            &keys,
-            t(1000),
-        );
-        assert_eq!(plan.keys.active().map(|k| k.kid()), Some(next.kid()));
-        let switched = desired_secret(&jsk, &plan.keys, &private, Some(&saved));
-        let data = switched.data.unwrap();
-        assert_eq!(data[resources::KID].0, next.kid().as_bytes());
-        assert!(!data.contains_key(resources::PENDING_PRIVATE_PEM));
-    }
-
-    #[test]
-    fn the_secret_names_the_algorithm_its_signing_key_was_published_with() {
-        let mut jsk = JwtSigningKey::new(
-            "auth",
-            serde_json::from_value(serde_json::json!({"algorithm": "PS256"})).unwrap(),
-        );
-        jsk.metadata.namespace = Some("auth".into());
-        // Generated for RS256 and published so; the spec says PS256 by now, and the private key
-        // as read back from the Secret carries the spec's algorithm.
-        let generated = KeyPair::generate(2048, crate::crd::Algorithm::RS256).unwrap();
-        let read_back =
-            KeyPair::from_private_pem(generated.private_pem(), crate::crd::Algorithm::PS256)
-                .unwrap();
-        assert_eq!(read_back.jwk.alg, "PS256");
-        let keys = KeySet {
-            keys: vec![KeyRecord::published(
-                generated.jwk.clone(),
-                Timestamp::UNIX_EPOCH,
-                true,
-            )],
-            ..KeySet::default()
-        };
-        let private = [(generated.kid().to_string(), read_back)].into();
-        let secret = desired_secret(&jsk, &keys, &private, None);
-        assert_eq!(
-            secret.data.unwrap()[resources::ALGORITHM].0,
-            b"RS256",
-            "the algorithm of the key that signs, not the spec's"
-        );
-    }
 
     fn selector(value: serde_json::Value) -> LabelSelector {
         serde_json::from_value(value).unwrap()

@@ -7,31 +7,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{
-    Api, ResourceExt,
-    api::{DeleteParams, Preconditions},
-};
-use tracing::info;
+use kube::ResourceExt;
 
-use super::{Found, Reconciliation, backoff::Target as Written};
-use crate::{keys::Jwk, resources};
+use super::Found;
+use crate::{crd::JwtSigningKey, keys::Jwk, resources};
 
-/// Writes in flight at once.
-const WRITE_CONCURRENCY: usize = 8;
-
-/// One namespace that should hold the ConfigMap.
-struct Target {
-    /// The ConfigMap as last read or written; `None` when it does not exist.
-    current: Option<ConfigMap>,
-}
-
-/// The published ConfigMaps of one JwtSigningKey.
-pub struct Publisher<'a> {
-    run: &'a Reconciliation<'a>,
-    targets: BTreeMap<String, Target>,
+/// The published ConfigMaps of one JwtSigningKey, as last read or written, and what this reconcile
+/// learnt writing them. Pure: [`Publication::writes`] says what to write, the executor writes it,
+/// and [`Publication::record`] takes the results back.
+pub struct Publication {
+    /// The key's own namespace.
+    home: String,
+    /// Target namespace -> its ConfigMap as last read or written (`None`: it does not exist).
+    targets: BTreeMap<String, Option<ConfigMap>>,
     /// The key the Secret signs with now: every version of every ConfigMap holds it; a revoked one
     /// (`true`) only where it is held already, until the Secret switches, and is never published
     /// again anywhere.
@@ -47,7 +37,23 @@ pub struct Publisher<'a> {
     added: BTreeMap<String, Timestamp>,
     /// Copies under a name this key no longer uses.
     renamed: Vec<ConfigMap>,
+    /// Copies in namespaces that are no longer targeted (or no longer accept them).
+    untargeted: Vec<ConfigMap>,
 }
+
+/// One ConfigMap write: `desired` over `current` (created when `None`).
+#[derive(Clone, Debug)]
+pub struct Write {
+    /// Its namespace.
+    pub namespace: String,
+    /// The object as last read or written.
+    pub current: Option<ConfigMap>,
+    /// What it becomes.
+    pub desired: ConfigMap,
+}
+
+/// What one [`Write`] returned: the object written, or the error; and when the call returned.
+pub type Written = (String, Result<ConfigMap, String>, Timestamp);
 
 fn kids_of(config_map: Option<&ConfigMap>) -> BTreeSet<String> {
     config_map
@@ -99,83 +105,75 @@ pub fn published_jwks(config_map: &ConfigMap) -> Vec<Jwk> {
         .unwrap_or_default()
 }
 
-impl<'a> Publisher<'a> {
+impl Publication {
     /// `home` is the owned ConfigMap in the key's namespace (if any), `copies` the owned copies found
-    /// anywhere in scope, `targets` the other namespaces that should hold a copy.
-    pub async fn new(
-        run: &'a Reconciliation<'a>,
+    /// anywhere in scope, `targets` the other namespaces that should hold a copy, and `looked_up`
+    /// what a look at the ConfigMap name found in each target without an owned copy.
+    pub fn new(
+        jsk: &JwtSigningKey,
         home: Option<ConfigMap>,
         copies: Vec<ConfigMap>,
         targets: &[String],
-    ) -> Publisher<'a> {
-        let mut publisher = Publisher {
-            run,
-            targets: BTreeMap::new(),
+        looked_up: BTreeMap<String, Result<Found<ConfigMap>, String>>,
+    ) -> Publication {
+        let namespace = jsk.namespace().unwrap_or_default();
+        let name = jsk.config_map_name();
+        let mut publication = Publication {
+            home: namespace.clone(),
+            targets: BTreeMap::from([(namespace, home)]),
             signing: None,
             foreign: Vec::new(),
             failed: BTreeMap::new(),
             removals_failed: BTreeMap::new(),
             added: BTreeMap::new(),
             renamed: Vec::new(),
+            untargeted: Vec::new(),
         };
-        publisher
-            .targets
-            .insert(run.namespace.clone(), Target { current: home });
-        let name = run.jsk.config_map_name();
         let (current, renamed): (Vec<ConfigMap>, Vec<ConfigMap>) =
             copies.into_iter().partition(|cm| cm.name_any() == name);
-        publisher.renamed = renamed;
+        publication.renamed = renamed;
         let mut existing: BTreeMap<String, ConfigMap> = current
             .into_iter()
             .map(|cm| (cm.namespace().unwrap_or_default(), cm))
             .collect();
-        // A target namespace may hold a ConfigMap of that name that is not ours.
-        let unknown: Vec<String> = targets
-            .iter()
-            .filter(|ns| !existing.contains_key(*ns))
-            .cloned()
-            .collect();
-        let looked_up: Vec<(String, Result<Found<ConfigMap>, kube::Error>)> = stream::iter(unknown)
-            .map(|ns| async {
-                let found = run
-                    .ctx
-                    .config_maps
-                    .find(&run.ctx.client, &ns, &name, run.jsk)
-                    .await;
-                (ns, found)
-            })
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .collect()
-            .await;
         for (ns, found) in looked_up {
+            if existing.contains_key(&ns) || !targets.contains(&ns) {
+                continue;
+            }
             match found {
-                Ok(Found::Foreign) => publisher.foreign.push(ns),
+                Ok(Found::Foreign) => publication.foreign.push(ns),
                 Ok(Found::Owned(cm)) => {
                     existing.insert(ns, cm);
                 }
                 Ok(Found::Missing) => {
-                    publisher.targets.insert(ns, Target { current: None });
+                    publication.targets.insert(ns, None);
                 }
                 Err(e) => {
-                    publisher.failed.insert(
-                        ns.clone(),
-                        format!("reading ConfigMap {name}: {}", super::brief(&e)),
-                    );
+                    publication
+                        .failed
+                        .insert(ns, format!("reading ConfigMap {name}: {e}"));
                 }
             }
         }
-        publisher.foreign.sort();
+        publication.foreign.sort();
         for (ns, cm) in existing {
             if targets.contains(&ns) {
-                publisher.targets.insert(ns, Target { current: Some(cm) });
+                publication.targets.insert(ns, Some(cm));
             } else {
-                // No longer targeted (or no longer accepted): removed.
-                if let Err(e) = run.delete_config_map(&cm).await {
-                    publisher.removals_failed.insert(ns, e.brief());
-                }
+                publication.untargeted.push(cm);
             }
         }
-        publisher
+        publication
+    }
+
+    /// The copies in namespaces no longer targeted: they are removed first.
+    pub fn take_untargeted(&mut self) -> Vec<ConfigMap> {
+        std::mem::take(&mut self.untargeted)
+    }
+
+    /// A copy no longer targeted could not be removed.
+    pub fn removal_failed(&mut self, namespace: String, error: String) {
+        self.removals_failed.insert(namespace, error);
     }
 
     /// The key the Secret signs with now (after a Secret write, the one it switched to): every
@@ -191,21 +189,26 @@ impl<'a> Publisher<'a> {
             && self
                 .targets
                 .values()
-                .all(|t| kids_of(t.current.as_ref()).contains(kid))
+                .all(|current| kids_of(current.as_ref()).contains(kid))
+    }
+
+    /// Whether the last writes of every target went through.
+    pub fn all_written(&self) -> bool {
+        self.failed.is_empty()
     }
 
     /// Whether the ConfigMap in the key's own namespace holds `kid`.
     pub fn home_holds(&self, kid: &str) -> bool {
         self.targets
-            .get(&self.run.namespace)
-            .is_some_and(|t| kids_of(t.current.as_ref()).contains(kid))
+            .get(&self.home)
+            .is_some_and(|current| kids_of(current.as_ref()).contains(kid))
     }
 
     /// The public keys found in the owned ConfigMaps.
     pub fn published(&self) -> Vec<Jwk> {
         self.targets
             .values()
-            .filter_map(|t| t.current.as_ref())
+            .flatten()
             .flat_map(published_jwks)
             .collect()
     }
@@ -215,8 +218,8 @@ impl<'a> Publisher<'a> {
     pub fn foreign_kids(&self, recorded: impl Fn(&str) -> bool) -> Vec<(String, Vec<String>)> {
         self.targets
             .iter()
-            .filter_map(|(ns, t)| {
-                let kids: Vec<String> = named_kids(t.current.as_ref()?)
+            .filter_map(|(ns, current)| {
+                let kids: Vec<String> = named_kids(current.as_ref()?)
                     .into_iter()
                     .filter(|kid| !recorded(kid))
                     .collect();
@@ -236,7 +239,7 @@ impl<'a> Publisher<'a> {
     pub fn created_holding(&self, kid: &str) -> Option<Timestamp> {
         self.targets
             .values()
-            .filter_map(|t| t.current.as_ref())
+            .flatten()
             .filter(|cm| kids_of(Some(cm)).contains(kid))
             .filter_map(|cm| cm.metadata.creation_timestamp.as_ref())
             .map(|created| {
@@ -248,12 +251,11 @@ impl<'a> Publisher<'a> {
             .max()
     }
 
-    /// Writes `jwks` (in `jwks.json` order) to every target, with the Secret's signing key in every
-    /// version ([`Self::set_signing`]) and never an empty key set. A target that failed its last
-    /// write waits for its own backoff; the others are written at once. Returns whether every
-    /// target holds what was asked.
-    pub async fn publish(&mut self, jwks: &[Jwk]) -> bool {
-        let run = self.run;
+    /// The writes that bring every target to `jwks` (in `jwks.json` order), with the Secret's
+    /// signing key in every version ([`Self::set_signing`]) and never an empty key set; the home
+    /// ConfigMap first, so that with many copies its repair never waits behind theirs. A target
+    /// whose data cannot be built fails here.
+    pub fn writes(&mut self, jsk: &JwtSigningKey, jwks: &[Jwk]) -> Vec<Write> {
         let wanted: Vec<&Jwk> = jwks.iter().collect();
         let with_signing: Option<Vec<&Jwk>> = match &self.signing {
             Some((signing, _)) if !wanted.iter().any(|jwk| jwk.kid == signing.kid) => Some(
@@ -273,9 +275,9 @@ impl<'a> Publisher<'a> {
                 .then(|| resources::config_map_data_of(jwks).map_err(|e| e.to_string()))
         };
         let (plain, signed) = (build(&wanted), with_signing.as_deref().and_then(build));
-        let mut work = Vec::new();
-        for (ns, target) in self.targets.iter_mut() {
-            let held = kids_of(target.current.as_ref());
+        let mut writes = Vec::new();
+        for (ns, current) in &self.targets {
+            let held = kids_of(current.as_ref());
             // The signing key goes everywhere; a revoked one only stays where it is.
             let keeps_signing = signed.is_some()
                 && revoked_signing
@@ -286,56 +288,53 @@ impl<'a> Publisher<'a> {
                 // Never an empty key set: nothing to write.
                 (_, _, None) | (true, None, _) => continue,
             };
-            let data = match data {
-                Ok(data) => data.clone(),
+            match data {
+                Ok(data) => {
+                    let home = *ns == self.home;
+                    writes.push(Write {
+                        namespace: ns.clone(),
+                        current: current.clone(),
+                        desired: resources::config_map(jsk, data, (!home).then_some(ns.as_str())),
+                    });
+                }
                 Err(e) => {
                     self.failed
                         .insert(ns.clone(), format!("building ConfigMap: {e}"));
-                    continue;
                 }
-            };
-            let home = *ns == run.namespace;
-            let desired = resources::config_map(run.jsk, &data, (!home).then_some(ns.as_str()));
-            work.push((ns.clone(), target.current.take(), desired, held));
+            }
         }
-        // The home ConfigMap first: with many copies, its repair never waits behind theirs.
-        work.sort_by_key(|(ns, ..)| *ns != run.namespace);
-        let results: Vec<_> = stream::iter(work)
-            .map(|(ns, current, desired, held)| async move {
-                let result = run.write_config_map(current.as_ref(), desired).await;
-                (ns, current, held, result, Timestamp::now())
-            })
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .collect()
-            .await;
-        for (ns, previous, held, result, returned) in results {
-            let target = self
-                .targets
-                .get_mut(&ns)
-                .expect("a target of this publisher");
+        writes.sort_by_key(|w| w.namespace != self.home);
+        writes
+    }
+
+    /// Takes back what the writes of [`Self::writes`] returned.
+    pub fn record(&mut self, results: Vec<Written>) {
+        for (ns, result, returned) in results {
+            let Some(current) = self.targets.get_mut(&ns) else {
+                continue;
+            };
             match result {
                 Ok(written) => {
+                    let held = kids_of(current.as_ref());
                     for kid in kids_of(Some(&written)).difference(&held) {
                         let at = self.added.entry(kid.clone()).or_insert(returned);
                         *at = (*at).max(returned);
                     }
-                    target.current = Some(written);
+                    *current = Some(written);
                     self.failed.remove(&ns);
                 }
                 Err(e) => {
-                    target.current = previous;
                     self.failed.insert(ns, e);
                 }
             }
         }
-        self.failed.is_empty()
     }
 
     /// Namespaces (other than the key's own) that hold a copy.
     pub fn published_namespaces(&self) -> Vec<String> {
         self.targets
             .iter()
-            .filter(|(ns, t)| **ns != self.run.namespace && t.current.is_some())
+            .filter(|(ns, current)| **ns != self.home && current.is_some())
             .map(|(ns, _)| ns.clone())
             .collect()
     }
@@ -355,90 +354,5 @@ impl<'a> Publisher<'a> {
     /// Target namespaces whose ConfigMap name is taken by an object this key does not own.
     pub fn conflicts(&self) -> &[String] {
         &self.foreign
-    }
-}
-
-impl Reconciliation<'_> {
-    /// Deletes a ConfigMap this key owns (a copy, or one under a former name), with its uid as
-    /// precondition: an object someone created under that name since it was read is not touched.
-    /// A ConfigMap whose last removal failed waits for its own backoff.
-    pub(super) async fn delete_config_map(&self, config_map: &ConfigMap) -> super::Result<()> {
-        let namespace = config_map.namespace().unwrap_or_default();
-        let name = config_map.name_any();
-        let target = Written::config_map(&namespace, &name);
-        if let Some(error) = self.ctx.waiting(self.jsk, &target) {
-            return Err(super::Error::Waiting(error));
-        }
-        self.ctx.check_fence()?;
-        let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &namespace);
-        let params = DeleteParams {
-            preconditions: config_map.uid().map(|uid| Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &params).await {
-            Ok(_) => {
-                self.ctx.metrics.api_write("configmap");
-                self.ctx.config_maps.deleted(&namespace, &name);
-                self.ctx.write_succeeded(self.jsk, &target);
-                info!(namespace, name, "removed ConfigMap");
-                Ok(())
-            }
-            // Gone, or replaced by another object of that name (a 409 on the uid): not ours to delete.
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
-                self.ctx.config_maps.deleted(&namespace, &name);
-                self.ctx.write_succeeded(self.jsk, &target);
-                Ok(())
-            }
-            Err(e) => {
-                let error = super::Error::DeleteConfigMap(format!("{namespace}/{name}"), e);
-                self.ctx.write_failed(self.jsk, &target, &error);
-                Err(error)
-            }
-        }
-    }
-
-    /// Creates the ConfigMap when missing (a 409 means someone else took the name meanwhile), or
-    /// patches it with a `resourceVersion` precondition, in one write that also removes data
-    /// entries someone else added. Skips the write when the stored object already matches, and
-    /// while this ConfigMap waits after a failed write (the error is that write's).
-    async fn write_config_map(
-        &self,
-        current: Option<&ConfigMap>,
-        desired: ConfigMap,
-    ) -> Result<ConfigMap, String> {
-        let namespace = desired.namespace().unwrap_or_default();
-        let name = desired.name_any();
-        let target = Written::config_map(&namespace, &name);
-        if let Some(current) = current
-            && current.data == desired.data
-            && resources::is_in_sync(&current.metadata, &desired.metadata)
-        {
-            self.ctx.write_succeeded(self.jsk, &target);
-            return Ok(current.clone());
-        }
-        if let Some(error) = self.ctx.waiting(self.jsk, &target) {
-            return Err(error);
-        }
-        self.ctx.check_fence().map_err(|e| e.brief())?;
-        let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &namespace);
-        let written = match super::create_or_update(&api, current, &desired).await {
-            Ok(written) => written,
-            Err(e) => {
-                let error = super::Error::ApplyConfigMap(format!("{namespace}/{name}"), e);
-                self.ctx.write_failed(self.jsk, &target, &error);
-                return Err(error.brief());
-            }
-        };
-        self.ctx.write_succeeded(self.jsk, &target);
-        self.ctx.metrics.api_write("configmap");
-        match current {
-            None => info!(namespace, name, "created ConfigMap"),
-            Some(_) => info!(namespace, name, "wrote ConfigMap"),
-        }
-        self.ctx.config_maps.wrote(&written);
-        Ok(written)
     }
 }

@@ -1,0 +1,801 @@
+//! An in-memory cluster for the step machine's property tests: one JwtSigningKey, its Secret and
+//! ConfigMaps, namespaces that accept copies or not, a clock the test moves, write latency, rules
+//! that refuse matching writes, and a log of every version written. It implements [`Effects`], so
+//! the reconciles it runs go through the same executor as on the API server, and it checks the
+//! invariants after every write the operator makes ([`crate::invariants`]).
+//!
+//! This checks decisions fast; the end-to-end tests are the proof on a real API server.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
+    time::Instant,
+};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Secret},
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, Time},
+};
+use kube::ResourceExt;
+
+use super::{
+    Error, Found, Result, Target,
+    backoff::Backoffs,
+    effects::{self, Effects},
+    machine::{Machine, Memory, Observed, Removal, Report},
+    published_jwks,
+};
+use crate::{
+    crd::{Algorithm, JwtSigningKey, JwtSigningKeySpec, accepts},
+    invariants::{Checker, Kind, Rules, Version, Writer},
+    keys::{Jwk, KeyPair},
+    resources,
+    time::plus,
+};
+
+/// The key's namespace.
+pub const HOME: &str = "auth";
+/// Namespaces that may get copies.
+pub const OTHERS: [&str; 2] = ["ns-a", "ns-b"];
+
+/// Which writes a rule refuses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    /// `Secret`, `ConfigMap`, or any (`None`).
+    pub kind: Option<&'static str>,
+    /// A namespace, or any (`None`).
+    pub namespace: Option<String>,
+    /// Refuses until this instant.
+    pub until: Timestamp,
+}
+
+/// What this process remembers; a restart drops it.
+#[derive(Default)]
+struct ProcessMemory {
+    next_published: Option<(String, Timestamp)>,
+    backoffs: Backoffs,
+}
+
+struct State {
+    now: Timestamp,
+    latency: SignedDuration,
+    revision: u64,
+    uids: u64,
+    jsk: JwtSigningKey,
+    namespaces: BTreeMap<String, (BTreeMap<String, String>, Option<String>)>,
+    secrets: BTreeMap<String, Secret>,
+    config_maps: BTreeMap<String, ConfigMap>,
+    refusals: Vec<Refusal>,
+    memory: ProcessMemory,
+    checker: Checker,
+    violations: Vec<String>,
+    /// Every kid the operator generated.
+    generated: BTreeSet<String>,
+    /// Kids planted by hand.
+    planted: BTreeSet<String>,
+    events: Vec<(&'static str, String)>,
+    writes: usize,
+    /// When a write of each (kind, namespace) was last refused.
+    last_refused: BTreeMap<(&'static str, String), Timestamp>,
+    /// Refused Secret writes (each may cost a generated key).
+    refused_secret_writes: usize,
+    /// What happened, for a failing case.
+    trace: Vec<String>,
+    /// The next key to sign may sign at once (the signing key was lost or revoked).
+    at_once: bool,
+}
+
+/// The in-memory cluster.
+pub struct FakeCluster {
+    state: Mutex<State>,
+    /// `Instant` of the fake clock's start, for the write backoffs (which count in `Instant`s).
+    base: Instant,
+    start: Timestamp,
+}
+
+fn refused(what: &str) -> kube::Error {
+    kube::Error::Api(Box::new(
+        serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 503, "reason": "ServiceUnavailable",
+            "message": format!("{what} refused by a fault rule"),
+        }))
+        .expect("a Status"),
+    ))
+}
+
+fn conflict(what: &str) -> kube::Error {
+    kube::Error::Api(Box::new(
+        serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 409, "reason": "Conflict",
+            "message": format!("{what}: the object has been modified"),
+        }))
+        .expect("a Status"),
+    ))
+}
+
+/// The kids a ConfigMap publishes.
+fn config_map_kids(cm: &ConfigMap) -> Vec<String> {
+    published_jwks(cm).into_iter().map(|jwk| jwk.kid).collect()
+}
+
+/// The kid a Secret signs with.
+fn secret_kid(secret: &Secret) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(resources::KID)
+        .map(|kid| String::from_utf8_lossy(&kid.0).into_owned())
+}
+
+impl FakeCluster {
+    /// A cluster with a JwtSigningKey `auth` in [`HOME`] that publishes to every namespace of
+    /// [`OTHERS`] labelled for it; `accepting` says which of them accept copies.
+    pub fn new(spec: serde_json::Value, accepting: [bool; 2], latency_ms: i64) -> FakeCluster {
+        let spec: JwtSigningKeySpec = serde_json::from_value(spec).expect("a spec");
+        let timing = spec.timing().expect("a valid spec");
+        let mut jsk = JwtSigningKey::new("auth", spec);
+        jsk.metadata.namespace = Some(HOME.into());
+        jsk.metadata.uid = Some("uid-auth".into());
+        jsk.metadata.generation = Some(1);
+        let start = Timestamp::from_second(1_800_000_000).expect("an instant");
+        let mut namespaces = BTreeMap::new();
+        namespaces.insert(HOME.to_string(), (BTreeMap::new(), None));
+        for (ns, accepts) in OTHERS.iter().zip(accepting) {
+            namespaces.insert(
+                ns.to_string(),
+                (
+                    BTreeMap::from([("jwks".to_string(), "auth".to_string())]),
+                    accepts.then(|| format!("{HOME}/*")),
+                ),
+            );
+        }
+        let rules = Rules {
+            propagation_delay: timing.propagation_delay.as_signed(),
+            retention: timing.max_token_lifetime.as_signed() + timing.propagation_delay.as_signed(),
+            slack: SignedDuration::ZERO,
+            ..Rules::default()
+        };
+        FakeCluster {
+            state: Mutex::new(State {
+                now: start,
+                latency: SignedDuration::from_millis(latency_ms),
+                revision: 0,
+                uids: 0,
+                jsk,
+                namespaces,
+                secrets: BTreeMap::new(),
+                config_maps: BTreeMap::new(),
+                refusals: Vec::new(),
+                memory: ProcessMemory::default(),
+                checker: Checker::new(rules),
+                violations: Vec::new(),
+                generated: BTreeSet::new(),
+                planted: BTreeSet::new(),
+                events: Vec::new(),
+                writes: 0,
+                last_refused: BTreeMap::new(),
+                refused_secret_writes: 0,
+                at_once: true,
+                trace: Vec::new(),
+            }),
+            base: Instant::now(),
+            start,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("fake cluster lock")
+    }
+
+    fn instant(&self, at: Timestamp) -> Instant {
+        let since = at.duration_since(self.start);
+        self.base + std::time::Duration::try_from(since).unwrap_or_default()
+    }
+
+    /// One reconcile, as the controller runs it: read, decide, act. Returns when to look again.
+    pub fn reconcile(&self) -> Result<Option<Timestamp>> {
+        let (jsk, observed, memory, now) = {
+            let state = self.state();
+            let jsk = state.jsk.clone();
+            let observed = observe(&state, &jsk);
+            let target = Target::secret(HOME, &jsk.secret_name());
+            let memory = Memory {
+                next_published: state.memory.next_published.clone(),
+                secret_waiting: state
+                    .memory
+                    .backoffs
+                    .waiting("uid-auth", &target, self.instant(state.now))
+                    .map(str::to_string),
+                activation_margin: std::time::Duration::from_secs(1).into(),
+            };
+            (jsk, observed, memory, state.now)
+        };
+        let machine = Machine::new(&jsk, observed, memory, now);
+        futures::executor::block_on(effects::execute(machine, self))
+    }
+
+    /// The clock.
+    pub fn time(&self) -> Timestamp {
+        self.state().now
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: SignedDuration) {
+        let mut state = self.state();
+        state.now = plus(state.now, by);
+    }
+
+    /// Moves the clock to `at`, if it is later.
+    pub fn advance_to(&self, at: Timestamp) {
+        let mut state = self.state();
+        state.now = state.now.max(at);
+    }
+
+    /// Refuses matching writes until `until`.
+    pub fn refuse(&self, refusal: Refusal) {
+        self.state().refusals.push(refusal);
+    }
+
+    /// Lifts every refusal.
+    pub fn heal(&self) {
+        self.state().refusals.clear();
+    }
+
+    /// The process restarts: what it remembered is gone.
+    pub fn restart(&self) {
+        self.state().memory = ProcessMemory::default();
+    }
+
+    /// Namespace `ns` starts or stops accepting copies.
+    pub fn accept(&self, ns: &str, accepts: bool) {
+        let mut state = self.state();
+        let Some((_, accept_from)) = state.namespaces.get_mut(ns) else {
+            return;
+        };
+        let was = accept_from.is_some();
+        *accept_from = accepts.then(|| format!("{HOME}/*"));
+        // A copy in a namespace that stopped accepting is no target any more (the operator
+        // removes it); one that starts accepting again is followed from what it holds then.
+        let held = state.config_maps.get(ns).map(config_map_kids);
+        match (was, accepts, held) {
+            (true, false, Some(_)) => state.log_external(Kind::ConfigMap, ns, None),
+            (false, true, Some(kids)) => state.log_external(Kind::ConfigMap, ns, Some(kids)),
+            _ => {}
+        }
+    }
+
+    /// Someone deletes the ConfigMap in `ns`.
+    pub fn delete_config_map(&self, ns: &str) {
+        let mut state = self.state();
+        if state.config_maps.remove(ns).is_some() {
+            state.log_external(Kind::ConfigMap, ns, None);
+        }
+    }
+
+    /// Someone deletes the Secret.
+    pub fn delete_secret(&self) {
+        let mut state = self.state();
+        // Not while its signing key is being revoked: with the Secret gone nothing says that key
+        // signs, and the operator drops it from every ConfigMap at once, as the contract's
+        // revocation asks, where the checker keeps it signing until another key does.
+        if let Some(kid) = state.checker.signing().map(str::to_string)
+            && state.checker.rules_mut().revoked.contains(&kid)
+        {
+            return;
+        }
+        if state.secrets.remove(HOME).is_some() {
+            state.log_external(Kind::Secret, HOME, None);
+            // Its private keys are gone: a fresh key signs at once.
+            state.at_once = true;
+        }
+    }
+
+    /// Someone with edit rights in `ns` adds a key of their own (with a valid RFC 7638 kid) to its
+    /// ConfigMap.
+    pub fn plant_key(&self, ns: &str) {
+        let planted = KeyPair::generate(0, Algorithm::EdDSA).expect("an Ed25519 key");
+        let mut state = self.state();
+        let Some(mut cm) = state.config_maps.get(ns).cloned() else {
+            return;
+        };
+        let mut jwks = published_jwks(&cm);
+        jwks.push(planted.jwk.clone());
+        let refs: Vec<&Jwk> = jwks.iter().collect();
+        cm.data = Some(resources::config_map_data_of(&refs).expect("ConfigMap data"));
+        state.planted.insert(planted.jwk.kid.clone());
+        state.store_config_map(ns, cm, false);
+    }
+
+    /// Someone edits the ConfigMap in `ns` down to its first key.
+    pub fn truncate_config_map(&self, ns: &str) {
+        let mut state = self.state();
+        let Some(mut cm) = state.config_maps.get(ns).cloned() else {
+            return;
+        };
+        let jwks = published_jwks(&cm);
+        let Some(last) = jwks.last() else { return };
+        cm.data = Some(resources::config_map_data_of(&[last]).expect("ConfigMap data"));
+        state.store_config_map(ns, cm, false);
+    }
+
+    /// Someone sets an annotation on the JwtSigningKey.
+    pub fn annotate(&self, key: &str, value: &str) {
+        let mut state = self.state();
+        state
+            .jsk
+            .annotations_mut()
+            .insert(key.to_string(), value.to_string());
+    }
+
+    /// Someone changes the spec's algorithm (it applies to the next key).
+    pub fn set_algorithm(&self, algorithm: &str) {
+        let mut state = self.state();
+        state.jsk.spec.algorithm =
+            serde_json::from_value(serde_json::json!(algorithm)).expect("an algorithm");
+        state.jsk.metadata.generation = state.jsk.metadata.generation.map(|g| g + 1);
+    }
+
+    /// Revokes the signing key (`signing`) or the newest other published key, as a user would:
+    /// the annotation names it, and the checker lets it go at once.
+    pub fn revoke(&self, signing: bool) {
+        let mut state = self.state();
+        // With the Secret deleted nothing says which key signs: the contract's rule for a revoked
+        // signing key (kept where held until the Secret switches) has nothing to hold to.
+        let Some(current) = state.secrets.get(HOME).and_then(secret_kid) else {
+            return;
+        };
+        let status = state.jsk.status.clone().unwrap_or_default();
+        let kid = if signing {
+            Some(current.clone())
+        } else {
+            status
+                .keys
+                .iter()
+                .map(|k| k.kid.clone())
+                .find(|kid| *kid != current)
+        };
+        let Some(kid) = kid else { return };
+        state.checker.rules_mut().revoked.insert(kid.clone());
+        if current == kid {
+            state.at_once = true;
+        }
+        state
+            .jsk
+            .annotations_mut()
+            .insert(crate::crd::REVOKE_ANNOTATION.to_string(), kid);
+    }
+
+    /// After a reconcile: every ConfigMap the key should have, in a namespace whose writes were not
+    /// refused lately, exists and holds the key the Secret signs with (a refusing namespace never
+    /// holds back the others' repairs).
+    pub fn repaired(&self) -> std::result::Result<(), String> {
+        let state = self.state();
+        let Some(signing) = state.secrets.get(HOME).and_then(secret_kid) else {
+            return Ok(());
+        };
+        let wanted = std::iter::once(HOME).chain(
+            OTHERS
+                .into_iter()
+                .filter(|ns| state.namespaces[*ns].1.is_some()),
+        );
+        for ns in wanted {
+            if state.refused_lately("ConfigMap", ns) {
+                continue;
+            }
+            match state.config_maps.get(ns).map(config_map_kids) {
+                Some(kids) if kids.contains(&signing) => {}
+                Some(kids) => {
+                    return Err(format!(
+                        "the ConfigMap in {ns} holds {kids:?} after a reconcile, not the signing key \
+                         {signing}, though its writes were not refused"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "no ConfigMap in {ns} after a reconcile, though its writes were not refused"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refused Secret writes so far.
+    pub fn refused_secret_writes(&self) -> usize {
+        self.state().refused_secret_writes
+    }
+
+    /// The kid the Secret signs with, and the next key (from the status).
+    pub fn kids(&self) -> (Option<String>, Vec<String>) {
+        let state = self.state();
+        let signing = state.secrets.get(HOME).and_then(secret_kid);
+        let status = state.jsk.status.clone().unwrap_or_default();
+        (signing, status.keys.iter().map(|k| k.kid.clone()).collect())
+    }
+
+    /// Every version written, and the events, for a failing case.
+    pub fn trace(&self) -> String {
+        let state = self.state();
+        let events: Vec<String> = state
+            .events
+            .iter()
+            .map(|(reason, message)| format!("{reason}: {message}"))
+            .collect();
+        format!("{}\n{}", state.trace.join("\n"), events.join("\n"))
+    }
+
+    /// Invariant violations seen so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.state().violations.clone()
+    }
+
+    /// Kids the operator generated.
+    pub fn generated(&self) -> usize {
+        self.state().generated.len()
+    }
+
+    /// Writes the operator made.
+    pub fn writes(&self) -> usize {
+        self.state().writes
+    }
+
+    /// Checks the state a quiet cluster converges to: Ready, every accepting namespace holds a
+    /// ConfigMap with the same keys, among them the Secret's signing key, and no other ConfigMap
+    /// of the key exists. `Err` names what is off.
+    pub fn converged(&self) -> std::result::Result<(), String> {
+        let state = self.state();
+        let status = state.jsk.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .ok_or("no Ready condition")?;
+        if ready.status != "True" {
+            return Err(format!("Ready is {}: {}", ready.status, ready.message));
+        }
+        let signing = state
+            .secrets
+            .get(HOME)
+            .and_then(secret_kid)
+            .ok_or("the Secret signs with nothing")?;
+        let home = state
+            .config_maps
+            .get(HOME)
+            .map(config_map_kids)
+            .ok_or("no home ConfigMap")?;
+        if !home.contains(&signing) {
+            return Err(format!("the home ConfigMap {home:?} lacks the signing key {signing}"));
+        }
+        for ns in OTHERS {
+            let accepting = state.namespaces[ns].1.is_some();
+            match (accepting, state.config_maps.get(ns)) {
+                (true, Some(cm)) if config_map_kids(cm) == home => {}
+                (true, Some(cm)) => {
+                    return Err(format!(
+                        "the copy in {ns} holds {:?}, the home ConfigMap {home:?}",
+                        config_map_kids(cm)
+                    ));
+                }
+                (true, None) => return Err(format!("no copy in {ns}")),
+                (false, Some(_)) => return Err(format!("a copy in {ns}, which does not accept")),
+                (false, None) => {}
+            }
+        }
+        if let Some(kid) = home.iter().find(|kid| state.planted.contains(*kid)) {
+            return Err(format!("a planted key {kid} is still published"));
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    fn next_revision(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
+    /// Whether a rule refuses this write now; a refusal is recorded.
+    fn refuses(&mut self, kind: &'static str, namespace: &str) -> bool {
+        let refused = self.refusals.iter().any(|r| {
+            r.until > self.now
+                && r.kind.is_none_or(|k| k == kind)
+                && r.namespace.as_deref().is_none_or(|ns| ns == namespace)
+        });
+        if refused {
+            self.last_refused
+                .insert((kind, namespace.to_string()), self.now);
+        }
+        refused
+    }
+
+    /// Whether a write of (kind, namespace) was refused within the longest write backoff.
+    fn refused_lately(&self, kind: &'static str, namespace: &str) -> bool {
+        self.last_refused
+            .get(&(kind, namespace.to_string()))
+            .is_some_and(|at| self.now.duration_since(*at) <= SignedDuration::from_secs(300))
+    }
+
+    /// A write someone else made: the checker follows it, and asserts nothing of it.
+    fn log_external(&mut self, kind: Kind, namespace: &str, kids: Option<Vec<String>>) {
+        let version = Version {
+            kind,
+            namespace: namespace.to_string(),
+            kids,
+            order: self.next_revision(),
+            at: self.now,
+            writer: Writer::Other,
+        };
+        self.check(version);
+    }
+
+    fn check(&mut self, version: Version) {
+        self.trace.push(format!(
+            "{} {:?} {:?} {} {:?} {:?}",
+            version.order,
+            version.writer,
+            version.kind,
+            version.namespace,
+            version.kids.as_ref().map(|kids| kids
+                .iter()
+                .map(|k| k.chars().take(4).collect::<String>())
+                .collect::<Vec<_>>()),
+            version.at.duration_since(Timestamp::from_second(1_800_000_000).unwrap()).as_secs_f64(),
+        ));
+        if let Err(violation) = self.checker.observe(&version) {
+            self.violations.push(violation.to_string());
+        }
+    }
+
+    fn store_config_map(&mut self, ns: &str, mut cm: ConfigMap, by_operator: bool) -> ConfigMap {
+        let revision = self.next_revision();
+        cm.metadata.resource_version = Some(revision.to_string());
+        let kids = config_map_kids(&cm);
+        if by_operator {
+            for kid in kids.iter().filter(|kid| self.planted.contains(*kid)) {
+                self.violations.push(format!(
+                    "the operator published a planted key {kid} in the ConfigMap in {ns}"
+                ));
+            }
+        }
+        self.config_maps.insert(ns.to_string(), cm.clone());
+        // The checker follows the ConfigMaps of namespaces the key targets.
+        let targeted = ns == HOME || self.namespaces.get(ns).is_some_and(|(_, a)| a.is_some());
+        if !by_operator && !targeted {
+            return cm;
+        }
+        self.check(Version {
+            kind: Kind::ConfigMap,
+            namespace: ns.to_string(),
+            kids: Some(kids),
+            order: revision,
+            at: self.now,
+            writer: if by_operator {
+                Writer::Operator
+            } else {
+                Writer::Other
+            },
+        });
+        cm
+    }
+
+    fn new_object_meta(&mut self, meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+        self.uids += 1;
+        meta.uid = Some(format!("uid-{}", self.uids));
+        meta.creation_timestamp = Some(Time(self.now));
+    }
+}
+
+/// What a reconcile of `jsk` reads from the fake cluster (as `read::observe` reads the caches).
+fn observe(state: &State, jsk: &JwtSigningKey) -> Observed {
+    let found = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        resources::is_owned_by(meta, jsk)
+    };
+    let secret = match state.secrets.get(HOME) {
+        None => Found::Missing,
+        Some(s) if found(&s.metadata) => Found::Owned(s.clone()),
+        Some(_) => Found::Foreign,
+    };
+    let home = match state.config_maps.get(HOME) {
+        None => Found::Missing,
+        Some(cm) if found(&cm.metadata) => Found::Owned(cm.clone()),
+        Some(_) => Found::Foreign,
+    };
+    let selector: Option<&LabelSelector> = jsk
+        .spec
+        .publish
+        .as_ref()
+        .and_then(|p| p.namespace_selector.as_ref());
+    let mut targets = Vec::new();
+    let mut unaccepted = Vec::new();
+    for (ns, (labels, accept_from)) in &state.namespaces {
+        if ns == HOME || !selector.is_some_and(|s| super::selector_matches(s, Some(labels))) {
+            continue;
+        }
+        if accepts(accept_from.as_deref(), HOME, &jsk.name_any()) {
+            targets.push(ns.clone());
+        } else {
+            unaccepted.push(ns.clone());
+        }
+    }
+    let copies: Vec<ConfigMap> = state
+        .config_maps
+        .iter()
+        .filter(|(ns, cm)| *ns != HOME && found(&cm.metadata))
+        .map(|(_, cm)| cm.clone())
+        .collect();
+    let looked_up = targets
+        .iter()
+        .filter(|ns| !state.config_maps.contains_key(*ns))
+        .map(|ns| (ns.clone(), Ok(Found::Missing)))
+        .collect();
+    let status = state.jsk.status.clone().unwrap_or_default();
+    Observed {
+        stored_status: matches!(secret, Found::Missing).then(|| status.clone()),
+        secret,
+        renamed_secret: None,
+        home,
+        renamed_home: Vec::new(),
+        copies,
+        targets,
+        unaccepted,
+        looked_up,
+        status_baseline: status,
+    }
+}
+
+impl Effects for FakeCluster {
+    fn now(&self) -> Timestamp {
+        self.state().now
+    }
+
+    fn check_fence(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn waiting(&self, target: &Target) -> Option<String> {
+        let state = self.state();
+        state
+            .memory
+            .backoffs
+            .waiting("uid-auth", target, self.instant(state.now))
+            .map(str::to_string)
+    }
+
+    fn write_failed(&self, target: &Target, error: &Error) {
+        let mut state = self.state();
+        let now = self.instant(state.now);
+        state
+            .memory
+            .backoffs
+            .failed("uid-auth", target, error.brief(), now);
+    }
+
+    fn write_succeeded(&self, target: &Target) {
+        self.state().memory.backoffs.succeeded("uid-auth", target);
+    }
+
+    fn remember_next(&self, next: Option<(String, Timestamp)>) {
+        self.state().memory.next_published = next;
+    }
+
+    async fn generate(&self, algorithm: Algorithm, bits: usize) -> Result<KeyPair> {
+        let pair = KeyPair::generate(bits, algorithm).map_err(Error::GenerateKey)?;
+        self.state().generated.insert(pair.jwk.kid.clone());
+        Ok(pair)
+    }
+
+    async fn write_secret(
+        &self,
+        current: Option<&Secret>,
+        desired: &Secret,
+    ) -> std::result::Result<Secret, kube::Error> {
+        let mut state = self.state();
+        state.now = plus(state.now, state.latency);
+        if state.refuses("Secret", HOME) {
+            state.refused_secret_writes += 1;
+            return Err(refused("Secret"));
+        }
+        let stored = state.secrets.get(HOME).cloned();
+        let mut secret = desired.clone();
+        match (current, &stored) {
+            (None, None) => state.new_object_meta(&mut secret.metadata),
+            (Some(current), Some(stored))
+                if current.metadata.resource_version == stored.metadata.resource_version =>
+            {
+                secret.metadata.uid = stored.metadata.uid.clone();
+                secret.metadata.creation_timestamp = stored.metadata.creation_timestamp.clone();
+            }
+            _ => return Err(conflict("Secret")),
+        }
+        let revision = state.next_revision();
+        secret.metadata.resource_version = Some(revision.to_string());
+        state.writes += 1;
+        let kid = secret_kid(&secret);
+        if let Some(kid) = &kid
+            && state.checker.signing() != Some(kid.as_str())
+            && std::mem::take(&mut state.at_once)
+        {
+            state.checker.rules_mut().signs_at_once.insert(kid.clone());
+        }
+        state.secrets.insert(HOME.to_string(), secret.clone());
+        let at = state.now;
+        state.check(Version {
+            kind: Kind::Secret,
+            namespace: HOME.into(),
+            kids: Some(kid.into_iter().collect()),
+            order: revision,
+            at,
+            writer: Writer::Operator,
+        });
+        Ok(secret)
+    }
+
+    async fn write_config_map(
+        &self,
+        current: Option<&ConfigMap>,
+        desired: &ConfigMap,
+    ) -> std::result::Result<ConfigMap, kube::Error> {
+        let mut state = self.state();
+        state.now = plus(state.now, state.latency);
+        let ns = desired.namespace().unwrap_or_default();
+        if state.refuses("ConfigMap", &ns) {
+            return Err(refused("ConfigMap"));
+        }
+        let stored = state.config_maps.get(&ns).cloned();
+        let mut cm = desired.clone();
+        match (current, &stored) {
+            (None, None) => state.new_object_meta(&mut cm.metadata),
+            (Some(current), Some(stored))
+                if current.metadata.resource_version == stored.metadata.resource_version =>
+            {
+                cm.metadata.uid = stored.metadata.uid.clone();
+                cm.metadata.creation_timestamp = stored.metadata.creation_timestamp.clone();
+            }
+            _ => return Err(conflict("ConfigMap")),
+        }
+        state.writes += 1;
+        Ok(state.store_config_map(&ns, cm, true))
+    }
+
+    async fn delete(&self, removal: &Removal) -> std::result::Result<(), kube::Error> {
+        let mut state = self.state();
+        state.now = plus(state.now, state.latency);
+        let ns = removal.namespace();
+        match removal {
+            Removal::ConfigMap(cm) => {
+                if state.refuses("ConfigMap", &ns) {
+                    return Err(refused("ConfigMap"));
+                }
+                if state.config_maps.get(&ns).map(|s| s.uid()) == Some(cm.uid()) {
+                    state.config_maps.remove(&ns);
+                    state.writes += 1;
+                    let order = state.next_revision();
+                    let at = state.now;
+                    state.check(Version {
+                        kind: Kind::ConfigMap,
+                        namespace: ns,
+                        kids: None,
+                        order,
+                        at,
+                        writer: Writer::Operator,
+                    });
+                }
+            }
+            Removal::Secret(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn report(&self, report: Report) -> Result<()> {
+        let mut state = self.state();
+        for note in report.events {
+            state.events.push((note.reason, note.message));
+        }
+        if let Some(status) = report.status {
+            state.jsk.status = Some(status);
+            state.writes += 1;
+        }
+        Ok(())
+    }
+}

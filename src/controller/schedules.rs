@@ -1,0 +1,279 @@
+//! The step machine against generated fault schedules, on the in-memory cluster ([`super::fake`]):
+//! refused writes per namespace and object for a span, process restarts, namespaces that start or
+//! stop accepting copies, deleted and hand-edited ConfigMaps and Secrets (planted keys included),
+//! spec edits, rotate and revoke annotations, and the clock. After every write the cluster checks
+//! I1, I2, I3 on every version of every ConfigMap and that no key set is empty
+//! ([`crate::invariants`]); after every reconcile, that a refusing namespace held back no other's
+//! repair and that no planted key spread; at the end, that no key-generation storm happened and
+//! that once the faults stop the key converges within a bounded number of reconciles.
+//!
+//! `cargo test --lib schedules` runs 256 cases; `PROPTEST_CASES=20000 cargo test --release --lib
+//! schedules` is the longer run.
+
+use jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+
+use super::fake::{FakeCluster, HOME, OTHERS, Refusal};
+
+/// Rotation interval, propagation delay and token lifetime of the generated keys, in seconds.
+const R: i64 = 60;
+const P: i64 = 10;
+const L: i64 = 20;
+
+/// Reconciles a quiet cluster may take to converge.
+const CONVERGE_WITHIN: usize = 12;
+
+/// Something that happens to the cluster.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Time passes; the controller reconciles whenever the key asked to be looked at again.
+    Wait(u16),
+    /// Writes of a kind (Secret, ConfigMap or any) in a namespace (or any) are refused for a
+    /// span of seconds.
+    Refuse(Option<&'static str>, Option<&'static str>, u16),
+    /// The operator restarts (or fails over): what it remembered is gone.
+    Restart,
+    /// A namespace starts or stops accepting copies.
+    Accept(&'static str, bool),
+    /// Someone deletes the ConfigMap in a namespace.
+    DeleteConfigMap(&'static str),
+    /// Someone deletes the Secret.
+    DeleteSecret,
+    /// Someone adds a key of their own to the ConfigMap in a namespace.
+    PlantKey(&'static str),
+    /// Someone edits the ConfigMap in a namespace down to one key.
+    Truncate(&'static str),
+    /// `jwtkeys.dev/rotate` gets a new value.
+    Rotate,
+    /// `jwtkeys.dev/revoke` names the signing key (`true`) or another published key.
+    Revoke(bool),
+    /// The spec's algorithm changes.
+    Algorithm(&'static str),
+}
+
+fn namespace() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just(HOME), Just(OTHERS[0]), Just(OTHERS[1])]
+}
+
+fn copy_namespace() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just(OTHERS[0]), Just(OTHERS[1])]
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        6 => (1u16..90).prop_map(Fault::Wait),
+        3 => (
+            prop_oneof![Just(None), Just(Some("Secret")), Just(Some("ConfigMap"))],
+            prop_oneof![Just(None), namespace().prop_map(Some)],
+            1u16..200,
+        )
+            .prop_map(|(kind, ns, secs)| Fault::Refuse(kind, ns, secs)),
+        1 => Just(Fault::Restart),
+        2 => (copy_namespace(), any::<bool>()).prop_map(|(ns, on)| Fault::Accept(ns, on)),
+        1 => namespace().prop_map(Fault::DeleteConfigMap),
+        1 => Just(Fault::DeleteSecret),
+        1 => namespace().prop_map(Fault::PlantKey),
+        1 => namespace().prop_map(Fault::Truncate),
+        1 => Just(Fault::Rotate),
+        1 => any::<bool>().prop_map(Fault::Revoke),
+        1 => prop_oneof![Just("EdDSA"), Just("ES256")].prop_map(Fault::Algorithm),
+    ]
+}
+
+fn spec(algorithm: &str) -> serde_json::Value {
+    serde_json::json!({
+        "algorithm": algorithm,
+        "rotationInterval": format!("{R}s"),
+        "propagationDelay": format!("{P}s"),
+        "maxTokenLifetime": format!("{L}s"),
+        "publish": {"namespaceSelector": {"matchLabels": {"jwks": "auth"}}},
+    })
+}
+
+/// Runs the controller as it runs in a cluster: a reconcile after every change it watches, and
+/// at the instant each reconcile asked for (after a failure, at the first retry).
+struct Driver {
+    cluster: FakeCluster,
+    due: Option<Timestamp>,
+    reconciles: usize,
+    rotates: usize,
+    revokes: usize,
+    secret_deletes: usize,
+    algorithm_changes: usize,
+    started: Timestamp,
+}
+
+impl Driver {
+    fn new(accepting: [bool; 2], latency_ms: i64) -> Driver {
+        let cluster = FakeCluster::new(spec("EdDSA"), accepting, latency_ms);
+        let started = cluster.time();
+        Driver {
+            cluster,
+            due: None,
+            reconciles: 0,
+            rotates: 0,
+            revokes: 0,
+            secret_deletes: 0,
+            algorithm_changes: 0,
+            started,
+        }
+    }
+
+    /// One reconcile, then the checks that hold after every reconcile.
+    fn reconcile(&mut self) -> Result<(), TestCaseError> {
+        self.reconciles += 1;
+        self.due = match self.cluster.reconcile() {
+            Ok(at) => at,
+            // The error policy: the key is tried again when its first waiting write may be.
+            Err(_) => Some(self.cluster.time() + SignedDuration::from_secs(2)),
+        };
+        let violations = self.cluster.violations();
+        prop_assert!(
+            violations.is_empty(),
+            "{}\n{}",
+            violations.join("\n"),
+            if std::env::var("JKO_TRACE").is_ok() { self.cluster.trace() } else { String::new() }
+        );
+        if let Err(problem) = self.cluster.repaired() {
+            return Err(TestCaseError::fail(format!("{problem}\n{}", self.cluster.trace())));
+        }
+        Ok(())
+    }
+
+    /// Time passes: the controller reconciles at every instant a reconcile asked for.
+    fn wait(&mut self, secs: i64) -> Result<(), TestCaseError> {
+        let until = self.cluster.time() + SignedDuration::from_secs(secs);
+        while let Some(due) = self.due
+            && due <= until
+        {
+            self.cluster.advance_to(due);
+            self.reconcile()?;
+        }
+        self.cluster.advance_to(until);
+        Ok(())
+    }
+
+    fn apply(&mut self, fault: &Fault) -> Result<(), TestCaseError> {
+        let now = self.cluster.time();
+        match fault {
+            Fault::Wait(secs) => return self.wait(i64::from(*secs)),
+            Fault::Refuse(kind, ns, secs) => self.cluster.refuse(Refusal {
+                kind: *kind,
+                namespace: ns.map(str::to_string),
+                until: now + SignedDuration::from_secs(i64::from(*secs)),
+            }),
+            Fault::Restart => self.cluster.restart(),
+            Fault::Accept(ns, on) => self.cluster.accept(ns, *on),
+            Fault::DeleteConfigMap(ns) => self.cluster.delete_config_map(ns),
+            Fault::DeleteSecret => {
+                self.secret_deletes += 1;
+                self.cluster.delete_secret()
+            }
+            Fault::PlantKey(ns) => self.cluster.plant_key(ns),
+            Fault::Truncate(ns) => self.cluster.truncate_config_map(ns),
+            Fault::Rotate => {
+                self.rotates += 1;
+                self.cluster
+                    .annotate(crate::crd::ROTATE_ANNOTATION, &format!("r{}", self.rotates))
+            }
+            Fault::Revoke(signing) => {
+                self.revokes += 1;
+                self.cluster.revoke(*signing)
+            }
+            Fault::Algorithm(alg) => {
+                self.algorithm_changes += 1;
+                self.cluster.set_algorithm(alg)
+            }
+        }
+        // The watch sees the change: the key is reconciled.
+        self.reconcile()
+    }
+
+    /// The faults stop: within a bounded number of reconciles the key converges.
+    fn converge(&mut self) -> Result<(), TestCaseError> {
+        self.cluster.heal();
+        // Backoffs of writes refused before the heal run out within the longest retry delay.
+        self.wait(300)?;
+        for _ in 0..CONVERGE_WITHIN {
+            if self.cluster.converged().is_ok() {
+                return Ok(());
+            }
+            let next = self
+                .due
+                .unwrap_or_else(|| self.cluster.time() + SignedDuration::from_secs(1));
+            self.cluster.advance_to(next);
+            self.reconcile()?;
+        }
+        match self.cluster.converged() {
+            Ok(()) => Ok(()),
+            Err(problem) => Err(TestCaseError::fail(format!(
+                "not converged {CONVERGE_WITHIN} reconciles after the faults stopped: {problem}"
+            ))),
+        }
+    }
+
+    /// No key-generation storm: one key per rotation the time allows, plus one per request,
+    /// lost Secret, algorithm change, and refused Secret write (a key not saved is never used).
+    fn generation_bound(&self) -> usize {
+        let elapsed = self.cluster.time().duration_since(self.started).as_secs();
+        2 + (elapsed / R) as usize
+            + self.rotates
+            + self.revokes
+            + self.secret_deletes
+            + self.algorithm_changes
+            + self.cluster.refused_secret_writes()
+    }
+}
+
+fn run(accepting: [bool; 2], latency_ms: i64, faults: &[Fault]) -> Result<(), TestCaseError> {
+    let mut driver = Driver::new(accepting, latency_ms);
+    driver.reconcile()?;
+    for fault in faults {
+        driver.apply(fault)?;
+    }
+    driver.converge()?;
+    let (generated, bound) = (driver.cluster.generated(), driver.generation_bound());
+    prop_assert!(
+        generated <= bound,
+        "{generated} keys generated, more than {bound} (a key-generation storm)"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        max_shrink_iters: 4096,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_invariants_hold_under_generated_fault_schedules(
+        accepting in any::<[bool; 2]>(),
+        latency_ms in 0i64..1500,
+        faults in prop::collection::vec(fault(), 0..40),
+    ) {
+        run(accepting, latency_ms, &faults)?;
+    }
+}
+
+#[test]
+fn a_quiet_key_rotates_on_schedule_and_converges() {
+    let mut driver = Driver::new([true, false], 100);
+    driver.reconcile().unwrap();
+    let (first, _) = driver.cluster.kids();
+    driver.wait(5 * R).unwrap();
+    let (later, _) = driver.cluster.kids();
+    assert_ne!(first, later, "the key rotated");
+    assert!(driver.cluster.generated() >= 5, "one key per rotation");
+    driver.converge().unwrap();
+    assert!(driver.cluster.generated() <= driver.generation_bound());
+}
+
+#[test]
+fn replay_scratch() {
+    let faults = [];
+    let result = run([true, true], 0, &faults);
+    assert!(result.is_ok(), "{result:?}");
+}
