@@ -7,6 +7,8 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod duration;
+#[doc(hidden)]
+pub mod invariants;
 pub mod keys;
 pub mod leader;
 pub mod metrics;

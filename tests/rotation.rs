@@ -194,18 +194,21 @@ async fn a_restart_during_p_does_not_start_p_again() {
         })
         .await;
         let (_, published_since) = created_at(&shown).unwrap();
+        let between = |from: jiff::Timestamp, to: jiff::Timestamp| {
+            Duration::try_from(to.duration_since(from)).unwrap_or_default()
+        };
         // Halfway through P: a crash and a restart.
-        tokio::time::sleep_until((published + P_LONG / 2).into()).await;
+        tokio::time::sleep(between(jiff::Timestamp::now(), published + P_LONG / 2)).await;
         operator.restart();
-        let restarted = Instant::now();
+        let restarted = jiff::Timestamp::now();
         let kids = wait_signing_kids(&history, 2, REACT).await;
         assert_eq!(kids[1], next);
         let activated = first_holding("Secret").unwrap();
-        let after_publication = activated.duration_since(published);
+        let after_publication = between(published, activated);
         eprintln!(
             "FIGURE restart during P: signed {after_publication:.2?} after publication, {:.2?} \
              after the restart (P = {P_LONG:?})",
-            activated.duration_since(restarted)
+            between(restarted, activated)
         );
         let l_plus_p = P_LONG + Duration::from_secs(10);
         history.check_invariants(P_LONG, l_plus_p, SLACK, std::slice::from_ref(&first), &[]);

@@ -5,12 +5,14 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
 use jwt_key_operator::{
     crd::{JwtSigningKey, JwtSigningKeySpec},
+    invariants::{self, Kind, Rules, Writer},
     resources,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
@@ -225,7 +227,7 @@ pub async fn wait_event(ns: &TestNamespace, reason: &str) -> (String, String, St
 #[derive(Clone, Debug)]
 pub struct Version {
     /// When the watch delivered it.
-    pub at: Instant,
+    pub at: Timestamp,
     /// `Secret` or `ConfigMap`.
     pub kind: &'static str,
     /// Namespace.
@@ -352,7 +354,7 @@ impl History {
                     watcher::Event::Init => continue,
                 };
                 versions.lock().unwrap().push(Version {
-                    at: Instant::now(),
+                    at: Timestamp::now(),
                     kind,
                     namespace: namespace.clone(),
                     kids,
@@ -392,57 +394,18 @@ impl History {
     /// I3 for these namespaces, on every version of every object in the order etcd wrote them: each
     /// version of a ConfigMap holds the key the Secret signs with at that moment (the first version
     /// of a ConfigMap the operator creates or recreates included) and is never an empty key set;
-    /// each Secret version's signing key is in each ConfigMap that exists then.
+    /// each key the Secret switches to is in each ConfigMap that exists then; no key signs twice.
+    /// ConfigMaps in other namespaces are left out. The rules are [`invariants`]'.
     pub fn check_signing_key_published_in(&self, namespaces: &[String]) {
-        let mut current: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut signing: Option<String> = None;
-        for v in self.in_write_order() {
-            match (v.kind, &v.kids) {
-                ("ConfigMap", None) => {
-                    current.remove(&v.namespace);
-                }
-                ("ConfigMap", Some(kids)) => {
-                    if !namespaces.contains(&v.namespace) {
-                        continue;
-                    }
-                    assert!(
-                        !kids.is_empty(),
-                        "I3: the ConfigMap in {} was written as an empty key set (revision {})",
-                        v.namespace,
-                        v.revision
-                    );
-                    if let Some(kid) = &signing {
-                        assert!(
-                            kids.contains(kid),
-                            "I3: a version of the ConfigMap in {} lacks the signing key {kid}: {kids:?} \
-                             (revision {})",
-                            v.namespace,
-                            v.revision
-                        );
-                    }
-                    current.insert(v.namespace.clone(), kids.clone());
-                }
-                (_, kids) => {
-                    // A deleted Secret, or one that holds only a pending key, signs with nothing.
-                    signing = kids.as_ref().and_then(|k| k.first()).cloned();
-                    let Some(kid) = &signing else { continue };
-                    for (ns, kids) in &current {
-                        assert!(
-                            kids.contains(kid),
-                            "I3: the Secret signs with {kid} while the ConfigMap in {ns} holds {kids:?} \
-                             (revision {})",
-                            v.revision
-                        );
-                    }
-                }
-            }
-        }
+        self.check(Rules::default(), |ns| namespaces.contains(&ns.to_string()));
     }
 
-    /// Checks I1-I3 on the recorded history: every signing key (except `signs_at_once`) was published
-    /// in every ConfigMap at least `p` before it signed; every key that stopped signing stayed in every
-    /// ConfigMap for at least `retention` after (except `revoked`); each Secret version's key is in
-    /// every ConfigMap at that moment. `slack` absorbs watch delivery jitter.
+    /// Checks I1-I3 on the recorded history with the shared checker ([`invariants`]): every
+    /// signing key (except `signs_at_once`) was held by every ConfigMap existing then for at least
+    /// `p` before it signed; every key that stopped signing stayed in every ConfigMap version for
+    /// at least `retention` after (except `revoked`); I3 on every version of every object
+    /// ([`Self::check_signing_key_published_in`], the keys that sign at once included). `slack`
+    /// absorbs watch delivery jitter.
     pub fn check_invariants(
         &self,
         p: Duration,
@@ -451,84 +414,59 @@ impl History {
         signs_at_once: &[String],
         revoked: &[String],
     ) {
-        let versions = self.versions();
-        // I3, on every version of every object.
-        let all: Vec<String> = versions.iter().map(|v| v.namespace.clone()).collect();
-        self.check_signing_key_published_in(&all);
-        let namespaces: Vec<String> = {
-            let mut n: Vec<String> = versions
-                .iter()
-                .filter(|v| v.kind == "ConfigMap")
-                .map(|v| v.namespace.clone())
-                .collect();
-            n.sort();
-            n.dedup();
-            n
+        self.check(Rules::default(), |_| true);
+        let duration = |d: Duration| SignedDuration::try_from(d).expect("a duration in range");
+        let rules = Rules {
+            propagation_delay: duration(p),
+            retention: duration(retention),
+            slack: duration(slack),
+            signs_at_once: signs_at_once.iter().cloned().collect(),
+            revoked: revoked.iter().cloned().collect(),
         };
-        // When each kid first appeared in / last left each ConfigMap.
-        let mut first_published: BTreeMap<(String, String), Instant> = BTreeMap::new();
-        let mut unpublished: BTreeMap<(String, String), Instant> = BTreeMap::new();
-        let mut current: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut signing: Option<(String, Instant)> = None;
-        let mut stopped: BTreeMap<String, Instant> = BTreeMap::new();
-        let mut started: BTreeMap<String, Instant> = BTreeMap::new();
-        for v in &versions {
-            match v.kind {
-                "ConfigMap" => {
-                    let kids = v.kids.clone().unwrap_or_default();
-                    let before = current
-                        .insert(v.namespace.clone(), kids.clone())
-                        .unwrap_or_default();
-                    for kid in &kids {
-                        first_published
-                            .entry((v.namespace.clone(), kid.clone()))
-                            .or_insert(v.at);
-                    }
-                    for kid in before.iter().filter(|k| !kids.contains(k)) {
-                        unpublished
-                            .entry((v.namespace.clone(), kid.clone()))
-                            .or_insert(v.at);
-                        if let Some(stop) = stopped.get(kid)
-                            && !revoked.contains(kid)
-                        {
-                            let kept = v.at.duration_since(*stop);
-                            assert!(
-                                kept + slack >= retention,
-                                "I2: key {kid} left ConfigMap in {} {kept:?} after it stopped signing (< {retention:?})",
-                                v.namespace
-                            );
-                        }
-                    }
-                }
-                _ => {
-                    let Some(kid) = v.kids.as_ref().and_then(|k| k.first()).cloned() else {
-                        continue;
-                    };
-                    if signing.as_ref().map(|(k, _)| k) != Some(&kid) {
-                        if let Some((old, _)) = signing.take() {
-                            stopped.insert(old, v.at);
-                        }
-                        // I1
-                        if !signs_at_once.contains(&kid) {
-                            for ns in &namespaces {
-                                let published = first_published
-                                    .get(&(ns.clone(), kid.clone()))
-                                    .unwrap_or_else(|| {
-                                        panic!("I1: {kid} signs but was never published in {ns}")
-                                    });
-                                let lead = v.at.duration_since(*published);
-                                assert!(
-                                    lead + slack >= p,
-                                    "I1: key {kid} signs {lead:?} after being published in {ns} (< P = {p:?})"
-                                );
-                            }
-                        }
-                        assert!(!started.contains_key(&kid), "key {kid} signs a second time");
-                        started.insert(kid.clone(), v.at);
-                        signing = Some((kid, v.at));
-                    }
-                }
-            }
+        self.check(rules, |_| true);
+    }
+
+    /// Runs the shared checker on the Secret versions and the ConfigMap versions of the namespaces
+    /// that `config_maps_in` selects, and panics with the violation and the versions that led to it.
+    fn check(&self, rules: Rules, config_maps_in: impl Fn(&str) -> bool) {
+        let versions: Vec<invariants::Version> = self
+            .versions()
+            .into_iter()
+            .filter(|v| v.kind == "Secret" || config_maps_in(&v.namespace))
+            .map(|v| invariants::Version {
+                kind: match v.kind {
+                    "Secret" => Kind::Secret,
+                    _ => Kind::ConfigMap,
+                },
+                namespace: v.namespace,
+                kids: v.kids,
+                order: v.revision,
+                at: v.at,
+                writer: Writer::Operator,
+            })
+            .collect();
+        if let Err(violation) = invariants::check(rules, &versions) {
+            let mut written: Vec<&invariants::Version> = versions
+                .iter()
+                .filter(|v| v.order <= violation.order())
+                .collect();
+            written.sort_by_key(|v| (v.order, v.at));
+            written.dedup_by_key(|v| (v.order, v.kind, v.namespace.clone()));
+            let shown = written.len().saturating_sub(30);
+            let lines: Vec<String> = written[shown..]
+                .iter()
+                .map(|v| {
+                    format!(
+                        "  revision {} at {}: {:?} in {}: {:?}",
+                        v.order, v.at, v.kind, v.namespace, v.kids
+                    )
+                })
+                .collect();
+            panic!(
+                "{violation}\nthe versions up to it, in write order (last {}):\n{}",
+                lines.len(),
+                lines.join("\n")
+            );
         }
     }
 }
