@@ -1,13 +1,14 @@
 # jwt-key-operator image: the release binary on distroless/cc, running as a non-root user.
 #
-# Images cannot be built on the project's development machines (no container runtime, no registry
-# access); this file is kept short so that it can be checked by reading. Build from the repository
-# root, on a machine with Docker or Podman:
+# Build from the repository root, on a machine with Docker or Podman:
 #   docker build -t registry.example.com/jwt-key-operator:0.1.0 .
-# then set image.repository / image.tag in the Helm chart.
+# then set image.repository / image.tag in the Helm chart. Without a container engine,
+# `scripts/release VERSION` writes an equivalent image as an OCI archive (the same user, entrypoint
+# and port, the build machine's glibc and the libraries the binary loads; without the kubectl
+# plugin); the tests run that one, not this file (docs/release.md).
 
 # glibc, as on the machines where the tests, the benches and the node's pods run the operator: its
-# memory and CPU figures (README, "Scale") are glibc's malloc, whose freed pages the binary hands
+# memory and CPU figures (docs/performance.md) are glibc's malloc, whose freed pages the binary hands
 # back (src/allocator.rs). A static musl build would bring musl's allocator, which nothing here
 # measures.
 # The builder's Debian 12 matches the runtime's, so the binary needs no newer glibc than it has.

@@ -1,8 +1,8 @@
 //! Sign and verify JWTs with the keys that `jwt-key-operator` mounts into pods.
 //!
 //! The operator writes the signing key into a Secret and publishes every public key that a
-//! verifier may need in a ConfigMap (see the "What the operator writes" section of the
-//! product contract). This crate is the consumer side, with no Kubernetes dependency:
+//! verifier may need in a ConfigMap (see "What it writes" in the repository's `docs/design.md`).
+//! This crate is the consumer side, with no Kubernetes dependency:
 //!
 //! - [`Signer::from_dir`] reads the mounted Secret directory (`private.pem`, `kid`,
 //!   `algorithm`) and signs claims with the `kid` header set.
