@@ -1,5 +1,9 @@
 //! Pure builders for the objects the operator writes (Secret, ConfigMaps) and the ownership rules
 //! that decide whether an existing object may be touched.
+//!
+//! Ownership is recorded on every object by the operator's labels and the owner-uid annotation;
+//! the owner reference (garbage collection) is added only under `deletionPolicy: Delete`, so that
+//! under `Retain` nothing removes the objects when the key goes, whether or not the operator runs.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::{
-    crd::{JwtSigningKey, ObjectTemplate},
+    crd::{DeletionPolicy, GROUP, JwtSigningKey, ObjectTemplate},
     keys::{Jwk, KeyPair},
     schedule::KeySet,
 };
@@ -82,12 +86,28 @@ fn annotations(jsk: &JwtSigningKey, template: Option<&ObjectTemplate>) -> BTreeM
     annotations
 }
 
-/// A controller reference that blocks the key's foreground deletion until its objects are gone.
-fn owner_reference(jsk: &JwtSigningKey) -> Option<OwnerReference> {
-    jsk.controller_owner_ref(&()).map(|owner| OwnerReference {
-        block_owner_deletion: Some(true),
-        ..owner
-    })
+/// The owner references the operator wants on an object in the key's namespace: under
+/// `deletionPolicy: Delete`, a controller reference that blocks the key's foreground deletion until
+/// its objects are gone; under `Retain`, none (garbage collection would delete the objects with the
+/// key, even while the operator is not running).
+fn owner_references(jsk: &JwtSigningKey) -> Vec<OwnerReference> {
+    match jsk.spec.deletion_policy {
+        DeletionPolicy::Retain => Vec::new(),
+        DeletionPolicy::Delete => jsk
+            .controller_owner_ref(&())
+            .map(|owner| OwnerReference {
+                block_owner_deletion: Some(true),
+                ..owner
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// Whether an owner reference points at a JwtSigningKey: the operator's kind of reference, which it
+/// adds or removes as the `deletionPolicy` says. Others' references are left as they are.
+fn is_key_reference(owner: &OwnerReference) -> bool {
+    owner.kind == "JwtSigningKey" && owner.api_version.split('/').next() == Some(GROUP)
 }
 
 /// The Secret for the auth service: signing key plus the operator's own state.
@@ -119,7 +139,7 @@ pub fn secret(jsk: &JwtSigningKey, keys: &KeySet, private: &PrivateKeys) -> Secr
             namespace: jsk.namespace(),
             labels: Some(labels(jsk, jsk.spec.secret_template.as_ref())),
             annotations: Some(annotations(jsk, jsk.spec.secret_template.as_ref())),
-            owner_references: owner_reference(jsk).map(|o| vec![o]),
+            owner_references: Some(owner_references(jsk)),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
@@ -169,14 +189,15 @@ pub fn config_map(
 ) -> ConfigMap {
     let template = jsk.spec.config_map_template.as_ref();
     let mut labels = labels(jsk, template);
+    // A copy in another namespace cannot carry an owner reference (they do not cross namespaces).
     let owner_references = match namespace {
-        None => owner_reference(jsk).map(|o| vec![o]),
+        None => owner_references(jsk),
         Some(_) => {
             labels.insert(
                 SOURCE_NAMESPACE_LABEL.into(),
                 jsk.namespace().unwrap_or_default(),
             );
-            None
+            Vec::new()
         }
     };
     ConfigMap {
@@ -185,7 +206,7 @@ pub fn config_map(
             namespace: namespace.map(str::to_string).or_else(|| jsk.namespace()),
             labels: Some(labels),
             annotations: Some(annotations(jsk, template)),
-            owner_references,
+            owner_references: Some(owner_references),
             ..ObjectMeta::default()
         },
         data: Some(data.clone()),
@@ -193,31 +214,54 @@ pub fn config_map(
     }
 }
 
-/// Whether an existing object belongs to this JwtSigningKey: a controller ownerReference to it, or
-/// (for copies in other namespaces) its uid in the owner annotation.
+/// Whether an existing object belongs to this JwtSigningKey (and may be written or deleted by it):
+/// - a controller ownerReference to it; or
+/// - the operator's label and this key's uid in the owner annotation; or
+/// - retained by an earlier JwtSigningKey of the same namespace and name, deleted under
+///   `deletionPolicy: Retain`, which this one adopts: the operator's label, an owner annotation
+///   (another uid), the `signing-key` label naming this key, the `source-namespace` label naming
+///   this key's namespace on a copy and absent in the key's own namespace, and no controller
+///   ownerReference. Only one JwtSigningKey of a namespace and name lives at a time, so the uid
+///   can only be a deleted one's; an object under a controller reference belongs to that owner
+///   (or is about to be garbage-collected with it) and is never adopted.
 pub fn is_owned_by(meta: &ObjectMeta, jsk: &JwtSigningKey) -> bool {
     let Some(uid) = jsk.uid() else { return false };
-    let by_reference = meta
+    let mut controllers = meta
         .owner_references
         .iter()
         .flatten()
-        .any(|o| o.uid == uid && o.controller == Some(true));
-    let by_annotation = meta
+        .filter(|o| o.controller == Some(true));
+    if controllers.clone().any(|o| o.uid == uid) {
+        return true;
+    }
+    let label = |name: &str| {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(name))
+            .map(String::as_str)
+    };
+    let owner = meta
         .annotations
         .as_ref()
-        .and_then(|a| a.get(OWNER_UID_ANNOTATION))
-        .is_some_and(|owner| *owner == uid)
-        && meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(MANAGED_BY_LABEL))
-            .map(String::as_str)
-            == Some(MANAGED_BY);
-    by_reference || by_annotation
+        .and_then(|a| a.get(OWNER_UID_ANNOTATION));
+    let (Some(MANAGED_BY), Some(owner)) = (label(MANAGED_BY_LABEL), owner) else {
+        return false;
+    };
+    if *owner == uid {
+        return true;
+    }
+    let (Some(namespace), Some(home)) = (meta.namespace.as_deref(), jsk.namespace()) else {
+        return false;
+    };
+    let source = (namespace != home).then_some(home.as_str());
+    controllers.next().is_none()
+        && label(SIGNING_KEY_LABEL) == Some(jsk.name_any().as_str())
+        && label(SOURCE_NAMESPACE_LABEL) == source
 }
 
-/// Whether `observed` already carries everything in `desired` (data exactly; labels, annotations
-/// and owner references as a subset), so that no write is needed.
+/// Whether `observed` already carries everything in `desired` (labels and annotations as a subset;
+/// references to JwtSigningKeys exactly, so that a `deletionPolicy` change adds or removes them),
+/// so that no metadata write is needed.
 pub fn is_in_sync(observed: &ObjectMeta, desired: &ObjectMeta) -> bool {
     let subset = |want: &Option<BTreeMap<String, String>>,
                   have: &Option<BTreeMap<String, String>>| {
@@ -225,13 +269,15 @@ pub fn is_in_sync(observed: &ObjectMeta, desired: &ObjectMeta) -> bool {
             .flatten()
             .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
-    let owners = desired.owner_references.iter().flatten().all(|want| {
-        observed
-            .owner_references
+    let key_references = |meta: &ObjectMeta| {
+        meta.owner_references
             .iter()
             .flatten()
-            .any(|have| have.uid == want.uid && have.controller == want.controller)
-    });
+            .filter(|o| is_key_reference(o))
+            .map(|o| (o.uid.clone(), o.controller))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let owners = key_references(observed) == key_references(desired);
     subset(&desired.labels, &observed.labels)
         && subset(&desired.annotations, &observed.annotations)
         && owners
@@ -240,7 +286,8 @@ pub fn is_in_sync(observed: &ObjectMeta, desired: &ObjectMeta) -> bool {
 /// The JSON merge patch that turns a stored Secret or ConfigMap into `desired`, in one write guarded
 /// by the stored `resourceVersion`: every desired data entry, `null` for each stored entry the
 /// operator does not write (whoever added it), the desired labels and annotations (others' stay),
-/// and the desired ownerReferences next to the ones of other owners.
+/// and the desired ownerReferences next to the ones of other owners (a reference to a JwtSigningKey
+/// that `desired` does not carry goes: `deletionPolicy: Retain`).
 ///
 /// A merge patch rather than server-side apply: entries written by the create (an `Update` for
 /// the API server's field ownership) would outlive an apply that drops them and need a second
@@ -267,11 +314,10 @@ pub fn update_patch<K: Resource + Serialize>(stored: &K, desired: &K) -> serde_j
         "annotations": desired.annotations,
     });
     if let Some(ours) = &desired.owner_references {
-        let theirs = stored
-            .owner_references
-            .iter()
-            .flatten()
-            .filter(|have| ours.iter().all(|want| want.uid != have.uid));
+        let theirs =
+            stored.owner_references.iter().flatten().filter(|have| {
+                !is_key_reference(have) && ours.iter().all(|want| want.uid != have.uid)
+            });
         metadata["ownerReferences"] = serde_json::json!(theirs.chain(ours).collect::<Vec<_>>());
     }
     serde_json::json!({"metadata": metadata, "data": data})
@@ -350,6 +396,21 @@ mod tests {
         assert_eq!(key["kty"], "RSA");
     }
 
+    fn with_policy(policy: DeletionPolicy) -> JwtSigningKey {
+        let mut jsk = jsk();
+        jsk.spec.deletion_policy = policy;
+        jsk
+    }
+
+    fn key_references(meta: &ObjectMeta) -> Vec<&str> {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .filter(|o| is_key_reference(o))
+            .map(|o| o.uid.as_str())
+            .collect()
+    }
+
     #[test]
     fn objects_carry_the_contract_labels_and_an_owner() {
         let jsk = jsk();
@@ -363,7 +424,7 @@ mod tests {
         let copy = config_map(&jsk, &BTreeMap::new(), Some("other"));
         assert_eq!(copy.metadata.name.as_deref(), Some("auth-jwks"));
         assert_eq!(copy.metadata.namespace.as_deref(), Some("other"));
-        assert!(copy.metadata.owner_references.is_none());
+        assert!(key_references(&copy.metadata).is_empty());
         assert!(is_owned_by(&copy.metadata, &jsk));
 
         let mut foreign = copy.clone();
@@ -372,8 +433,160 @@ mod tests {
     }
 
     #[test]
+    fn only_the_delete_policy_gives_the_objects_in_the_keys_namespace_an_owner_reference() {
+        let data = BTreeMap::new();
+        for (policy, expected) in [
+            (DeletionPolicy::Retain, Vec::<&str>::new()),
+            (DeletionPolicy::Delete, vec!["uid-1"]),
+        ] {
+            let jsk = with_policy(policy);
+            let secret = secret(&jsk, &KeySet::default(), &PrivateKeys::default());
+            let home = config_map(&jsk, &data, None);
+            let copy = config_map(&jsk, &data, Some("other"));
+            assert_eq!(key_references(&secret.metadata), expected, "{policy:?}");
+            assert_eq!(key_references(&home.metadata), expected, "{policy:?}");
+            assert!(key_references(&copy.metadata).is_empty(), "{policy:?}");
+            if let Some(owner) = secret.metadata.owner_references.iter().flatten().next() {
+                assert_eq!(
+                    (owner.controller, owner.block_owner_deletion),
+                    (Some(true), Some(true))
+                );
+            }
+            for object in [&secret.metadata, &home.metadata, &copy.metadata] {
+                assert!(is_owned_by(object, &jsk), "{policy:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_policy_change_rewrites_the_owner_references_and_keeps_other_owners() {
+        let data = BTreeMap::new();
+        let other_owner = OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: "someone".into(),
+            uid: "uid-other".into(),
+            ..OwnerReference::default()
+        };
+        let (retain, delete) = (
+            with_policy(DeletionPolicy::Retain),
+            with_policy(DeletionPolicy::Delete),
+        );
+        for (from, to, owners) in [
+            (&delete, &retain, vec!["uid-other"]),
+            (&retain, &delete, vec!["uid-other", "uid-1"]),
+        ] {
+            let mut stored = config_map(from, &data, None);
+            stored.metadata.resource_version = Some("7".into());
+            stored
+                .metadata
+                .owner_references
+                .get_or_insert_with(Vec::new)
+                .insert(0, other_owner.clone());
+            let desired = config_map(to, &data, None);
+            assert!(
+                !is_in_sync(&stored.metadata, &desired.metadata),
+                "{:?} -> {:?} needs a write",
+                from.spec.deletion_policy,
+                to.spec.deletion_policy
+            );
+            let patch = update_patch(&stored, &desired);
+            let written: Vec<&str> = patch["metadata"]["ownerReferences"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["uid"].as_str().unwrap())
+                .collect();
+            assert_eq!(written, owners);
+            // Once written, nothing more to do.
+            let mut after = stored.clone();
+            after.metadata.owner_references =
+                Some(serde_json::from_value(patch["metadata"]["ownerReferences"].clone()).unwrap());
+            assert!(is_in_sync(&after.metadata, &desired.metadata));
+        }
+    }
+
+    #[test]
+    fn objects_retained_by_a_deleted_key_of_the_same_name_are_adopted_and_no_others() {
+        let data = BTreeMap::new();
+        let mut old = with_policy(DeletionPolicy::Retain);
+        old.metadata.uid = Some("uid-deleted".into());
+        let new = jsk();
+        let retained_secret = secret(&old, &KeySet::default(), &PrivateKeys::default());
+        let retained_home = config_map(&old, &data, None);
+        let retained_copy = config_map(&old, &data, Some("other"));
+        for retained in [
+            &retained_secret.metadata,
+            &retained_home.metadata,
+            &retained_copy.metadata,
+        ] {
+            assert!(is_owned_by(retained, &new), "{:?}", retained.namespace);
+        }
+
+        let change = |meta: &ObjectMeta, edit: &dyn Fn(&mut ObjectMeta)| {
+            let mut meta = meta.clone();
+            edit(&mut meta);
+            meta
+        };
+        let label = |name: &'static str, value: Option<&'static str>| {
+            move |meta: &mut ObjectMeta| {
+                let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+                match value {
+                    Some(value) => labels.insert(name.into(), value.into()),
+                    None => labels.remove(name),
+                };
+            }
+        };
+        let not_adopted = [
+            // Another key's objects.
+            change(
+                &retained_home.metadata,
+                &label(SIGNING_KEY_LABEL, Some("other")),
+            ),
+            // A copy from a key of the same name in another namespace.
+            change(
+                &retained_copy.metadata,
+                &label(SOURCE_NAMESPACE_LABEL, Some("elsewhere")),
+            ),
+            // Such a copy in this key's namespace is not its home ConfigMap.
+            change(&retained_copy.metadata, &|meta: &mut ObjectMeta| {
+                meta.namespace = Some("auth".into())
+            }),
+            // A home object without its source label is not a copy.
+            change(
+                &retained_copy.metadata,
+                &label(SOURCE_NAMESPACE_LABEL, None),
+            ),
+            // Not labelled as the operator's.
+            change(&retained_secret.metadata, &label(MANAGED_BY_LABEL, None)),
+            change(
+                &retained_secret.metadata,
+                &label(MANAGED_BY_LABEL, Some("helm")),
+            ),
+            // Never written by the operator: no owner annotation.
+            change(&retained_secret.metadata, &|meta: &mut ObjectMeta| {
+                meta.annotations = None
+            }),
+            // Held by another owner (or about to be garbage-collected with a deleted one).
+            secret(
+                &{
+                    let mut old = old.clone();
+                    old.spec.deletion_policy = DeletionPolicy::Delete;
+                    old
+                },
+                &KeySet::default(),
+                &PrivateKeys::default(),
+            )
+            .metadata,
+        ];
+        for (i, meta) in not_adopted.iter().enumerate() {
+            assert!(!is_owned_by(meta, &new), "case {i}: {meta:?}");
+        }
+    }
+
+    #[test]
     fn an_update_patch_writes_every_entry_removes_the_others_and_keeps_other_owners() {
-        let jsk = jsk();
+        let jsk = with_policy(DeletionPolicy::Delete);
         let desired = config_map(
             &jsk,
             &config_map_data_of(&[]).expect("an empty JWK set"),

@@ -1181,6 +1181,7 @@ async fn create_rotate_and_delete_a_key(
                 "propagationDelay": "2s",
                 "maxTokenLifetime": "1m",
                 "publish": {"namespaceSelector": {"matchLabels": {"jwks": publish_label}}},
+                "deletionPolicy": "Delete",
             }),
         ),
     )

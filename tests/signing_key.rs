@@ -94,13 +94,19 @@ async fn a_new_key_gets_its_secret_config_map_status_and_events() {
                 Some("auth"),
                 "{kind}"
             );
-            let owner = &meta.owner_references.expect("ownerReferences")[0];
-            assert_eq!(
-                (owner.kind.as_str(), owner.controller),
-                ("JwtSigningKey", Some(true)),
+            // deletionPolicy Retain (the default): owned through the annotation, with no owner
+            // reference that garbage collection would follow (tests/retain.rs).
+            assert!(
+                meta.owner_references.unwrap_or_default().is_empty(),
                 "{kind}"
             );
-            assert_eq!(Some(&owner.uid), key.metadata.uid.as_ref(), "{kind}");
+            assert_eq!(
+                meta.annotations
+                    .unwrap_or_default()
+                    .get(resources::OWNER_UID_ANNOTATION),
+                key.metadata.uid.as_ref(),
+                "{kind}"
+            );
         }
 
         assert_eq!(status.keys.len(), 1);
@@ -393,7 +399,7 @@ async fn deleting_the_key_garbage_collects_its_secret_and_config_map() {
     with_temp_ns("jsk-gc", |ns| async move {
         install_crd(&ns.client).await;
         let mut operator = operator(&[&ns.name]);
-        create(&ns, &jsk("auth", json!({}))).await;
+        create(&ns, &jsk("auth", json!({"deletionPolicy": "Delete"}))).await;
         let key = wait_ready(&ns, "auth", "True", "KeysReady").await;
         // A key without copies in other namespaces carries no finalizer: everything it owns goes
         // with it through ownerReferences.
@@ -430,7 +436,7 @@ async fn deleting_the_key_garbage_collects_its_secret_and_config_map() {
         .await;
         // Nor does deleting it wait for the operator.
         operator.terminate();
-        let second = create(&ns, &jsk("second", json!({}))).await;
+        let second = create(&ns, &jsk("second", json!({"deletionPolicy": "Delete"}))).await;
         assert!(second.finalizers().is_empty());
         api(&ns)
             .delete("second", &DeleteParams::default())
@@ -565,7 +571,7 @@ async fn keys_are_published_into_matching_namespaces_and_withdrawn_when_they_sto
         let _operator = operator(&[&ns.name, &matching, &other]);
         // Without a selector the key has no copies and no finalizer; selecting namespaces adds
         // the finalizer before the first copy is written.
-        let key = create(&ns, &jsk("auth", json!({}))).await;
+        let key = create(&ns, &jsk("auth", json!({"deletionPolicy": "Delete"}))).await;
         wait_ready(&ns, "auth", "True", "KeysReady").await;
         assert!(key.finalizers().is_empty());
         api(&ns)

@@ -220,12 +220,6 @@ impl FakeCluster {
         self.state().now
     }
 
-    /// Moves the clock forward.
-    pub fn advance(&self, by: SignedDuration) {
-        let mut state = self.state();
-        state.now = plus(state.now, by);
-    }
-
     /// Moves the clock to `at`, if it is later.
     pub fn advance_to(&self, at: Timestamp) {
         let mut state = self.state();
@@ -435,11 +429,6 @@ impl FakeCluster {
         self.state().generated.len()
     }
 
-    /// Writes the operator made.
-    pub fn writes(&self) -> usize {
-        self.state().writes
-    }
-
     /// Checks the state a quiet cluster converges to: Ready, every accepting namespace holds a
     /// ConfigMap with the same keys, among them the Secret's signing key, and no other ConfigMap
     /// of the key exists. `Err` names what is off.
@@ -465,7 +454,9 @@ impl FakeCluster {
             .map(config_map_kids)
             .ok_or("no home ConfigMap")?;
         if !home.contains(&signing) {
-            return Err(format!("the home ConfigMap {home:?} lacks the signing key {signing}"));
+            return Err(format!(
+                "the home ConfigMap {home:?} lacks the signing key {signing}"
+            ));
         }
         for ns in OTHERS {
             let accepting = state.namespaces[ns].1.is_some();
@@ -540,7 +531,10 @@ impl State {
                 .iter()
                 .map(|k| k.chars().take(4).collect::<String>())
                 .collect::<Vec<_>>()),
-            version.at.duration_since(Timestamp::from_second(1_800_000_000).unwrap()).as_secs_f64(),
+            version
+                .at
+                .duration_since(Timestamp::from_second(1_800_000_000).unwrap())
+                .as_secs_f64(),
         ));
         if let Err(violation) = self.checker.observe(&version) {
             self.violations.push(violation.to_string());
@@ -579,7 +573,10 @@ impl State {
         cm
     }
 
-    fn new_object_meta(&mut self, meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    fn new_object_meta(
+        &mut self,
+        meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) {
         self.uids += 1;
         meta.uid = Some(format!("uid-{}", self.uids));
         meta.creation_timestamp = Some(Time(self.now));

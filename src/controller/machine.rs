@@ -1027,9 +1027,8 @@ fn restamp(
     let Some(last) = last.filter(|_| switched) else {
         return false;
     };
-    let late = |at: Option<Timestamp>| {
-        at.is_some_and(|at| returned.duration_since(at) > STAMP_TOLERANCE)
-    };
+    let late =
+        |at: Option<Timestamp>| at.is_some_and(|at| returned.duration_since(at) > STAMP_TOLERANCE);
     let Some(key) = keys
         .keys
         .iter_mut()

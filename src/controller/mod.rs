@@ -31,7 +31,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::PartialObjectMeta,
+    api::{PartialObjectMeta, Patch, PatchParams},
     runtime::{
         controller::Action,
         finalizer::{Event as Finalizer, finalizer},
@@ -452,9 +452,32 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
     let api: Api<JwtSigningKey> = Api::namespaced(ctx.client.clone(), &namespace);
     let deleting = jsk.metadata.deletion_timestamp.is_some();
     let copies = read::copies(&jsk, &ctx);
-    let result = if jsk.finalizers().iter().any(|f| f == FINALIZER)
-        || (!deleting && publishes_copies(&jsk, &copies))
-    {
+    let mut finalized = jsk.finalizers().iter().any(|f| f == FINALIZER);
+    // Under Retain nothing waits for the operator when the key goes (a `helm uninstall` that takes
+    // the CRD along, with the operator gone): the finalizer of a Delete policy goes, in one write
+    // guarded by the resourceVersion.
+    if finalized && !deleting && jsk.spec.deletion_policy == crate::crd::DeletionPolicy::Retain {
+        ctx.check_fence()?;
+        let others: Vec<&String> = jsk
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .collect();
+        let patch = serde_json::json!({"metadata": {
+            "finalizers": others,
+            "resourceVersion": jsk.resource_version(),
+        }});
+        api.patch(
+            &jsk.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+        .map_err(|e| Error::Finalizer(brief(&e)))?;
+        info!("finalizer removed (deletionPolicy Retain)");
+        finalized = false;
+    }
+    let result = if finalized || (!deleting && publishes_copies(&jsk, &copies)) {
         finalizer(&api, FINALIZER, jsk.clone(), |event| async {
             match event {
                 Finalizer::Apply(jsk) => apply(&jsk, &ctx, copies).await,
@@ -562,11 +585,14 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
     })
 }
 
-/// Whether a key has copies in other namespaces to remove when it goes: it selects namespaces, or
-/// `copies` of it exist. Only such a key carries the finalizer; everything else it owns lives in
-/// its namespace and goes with it through ownerReferences, so deleting it never waits for the
-/// operator.
+/// Whether a key has copies in other namespaces to remove when it goes: under `deletionPolicy:
+/// Delete`, it selects namespaces, or `copies` of it exist. Only such a key carries the finalizer;
+/// everything else it owns lives in its namespace and goes with it through ownerReferences, so
+/// deleting it never waits for the operator. Under Retain, the copies stay as everything else does.
 fn publishes_copies(jsk: &JwtSigningKey, copies: &[ConfigMap]) -> bool {
+    if jsk.spec.deletion_policy == crate::crd::DeletionPolicy::Retain {
+        return false;
+    }
     let selects = jsk
         .spec
         .publish
@@ -575,12 +601,15 @@ fn publishes_copies(jsk: &JwtSigningKey, copies: &[ConfigMap]) -> bool {
     selects || !copies.is_empty()
 }
 
-/// Removes the ConfigMap `copies` in other namespaces ([`read::copies`]); objects in
-/// the JwtSigningKey's own namespace go with it through their ownerReferences.
+/// Under `deletionPolicy: Delete`, removes the ConfigMap `copies` in other namespaces
+/// ([`read::copies`]); objects in the JwtSigningKey's own namespace go with it through their
+/// ownerReferences. Under Retain, everything stays, copies included.
 async fn cleanup(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Result<Action> {
     let effects = Kube { jsk, ctx };
-    for copy in copies {
-        effects::delete(&effects, &Removal::ConfigMap(copy)).await?;
+    if jsk.spec.deletion_policy == crate::crd::DeletionPolicy::Delete {
+        for copy in copies {
+            effects::delete(&effects, &Removal::ConfigMap(copy)).await?;
+        }
     }
     ctx.deleted(&known::Gone::of(jsk));
     Ok(Action::await_change())

@@ -132,10 +132,17 @@ impl Driver {
             violations.is_empty(),
             "{}\n{}",
             violations.join("\n"),
-            if std::env::var("JKO_TRACE").is_ok() { self.cluster.trace() } else { String::new() }
+            if std::env::var("JKO_TRACE").is_ok() {
+                self.cluster.trace()
+            } else {
+                String::new()
+            }
         );
         if let Err(problem) = self.cluster.repaired() {
-            return Err(TestCaseError::fail(format!("{problem}\n{}", self.cluster.trace())));
+            return Err(TestCaseError::fail(format!(
+                "{problem}\n{}",
+                self.cluster.trace()
+            )));
         }
         Ok(())
     }
