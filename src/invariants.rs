@@ -376,6 +376,11 @@ impl Checker {
         }
     }
 
+    /// The rules.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
     /// The rules, for a caller that learns exceptions as the history goes (a revocation it
     /// requested, the fresh key that follows it).
     pub fn rules_mut(&mut self) -> &mut Rules {

@@ -354,8 +354,18 @@ pub fn plan(timing: &Timing, current: &KeySet, now: Timestamp) -> Plan {
         transitions.push(Transition::Activated(next.kid().to_string()));
     }
 
+    // While no key signs (the Secret lost its signing key, and the fresh one is not published yet),
+    // the auth service still signs with the last key that signed: it stays, however long ago its
+    // retirement was stamped; its retention counts from the Secret write that makes another key
+    // sign.
+    // (When a lost Secret leaves several keys retired at the same instant, all of them stay.)
+    let last_signed = match keys.active() {
+        Some(_) => None,
+        None => keys.keys.iter().filter_map(|k| k.retired_at).max(),
+    };
     keys.keys.retain(|k| {
-        let expired = k.remove_after.is_some_and(|at| at <= now);
+        let expired = k.remove_after.is_some_and(|at| at <= now)
+            && (last_signed.is_none() || k.retired_at != last_signed);
         if expired {
             transitions.push(Transition::Removed(k.kid().to_string()));
         }

@@ -244,6 +244,9 @@ impl FakeCluster {
     /// Namespace `ns` starts or stops accepting copies.
     pub fn accept(&self, ns: &str, accepts: bool) {
         let mut state = self.state();
+        if !accepts && state.loses_signing_public(ns) {
+            return;
+        }
         let Some((_, accept_from)) = state.namespaces.get_mut(ns) else {
             return;
         };
@@ -262,6 +265,9 @@ impl FakeCluster {
     /// Someone deletes the ConfigMap in `ns`.
     pub fn delete_config_map(&self, ns: &str) {
         let mut state = self.state();
+        if state.loses_signing_public(ns) {
+            return;
+        }
         if state.config_maps.remove(ns).is_some() {
             state.log_external(Kind::ConfigMap, ns, None);
         }
@@ -276,6 +282,11 @@ impl FakeCluster {
         if let Some(kid) = state.checker.signing().map(str::to_string)
             && state.checker.rules_mut().revoked.contains(&kid)
         {
+            return;
+        }
+        // Nor when no ConfigMap holds the signing key: its public key would be gone with it (a
+        // loss that only a backup restores).
+        if !state.anywhere(state.checker.signing()) {
             return;
         }
         if state.secrets.remove(HOME).is_some() {
@@ -304,6 +315,9 @@ impl FakeCluster {
     /// Someone edits the ConfigMap in `ns` down to its first key.
     pub fn truncate_config_map(&self, ns: &str) {
         let mut state = self.state();
+        if state.loses_signing_public(ns) {
+            return;
+        }
         let Some(mut cm) = state.config_maps.get(ns).cloned() else {
             return;
         };
@@ -368,6 +382,11 @@ impl FakeCluster {
         let Some(signing) = state.secrets.get(HOME).and_then(secret_kid) else {
             return Ok(());
         };
+        // A revoked signing key stays only where it is held: a namespace without it gets nothing
+        // until a fresh key signs.
+        if state.checker.rules().revoked.contains(&signing) {
+            return Ok(());
+        }
         let wanted = std::iter::once(HOME).chain(
             OTHERS
                 .into_iter()
@@ -481,6 +500,35 @@ impl FakeCluster {
 }
 
 impl State {
+    /// How many ConfigMaps of targeted namespaces other than `except` hold `kid`.
+    fn holders(&self, kid: Option<&str>, except: Option<&str>) -> usize {
+        let Some(kid) = kid else { return 0 };
+        self.config_maps
+            .iter()
+            .filter(|(ns, _)| Some(ns.as_str()) != except)
+            .filter(|(ns, _)| {
+                *ns == HOME || self.namespaces.get(*ns).is_some_and(|(_, a)| a.is_some())
+            })
+            .filter(|(_, cm)| config_map_kids(cm).iter().any(|k| k == kid))
+            .count()
+    }
+
+    /// Whether some targeted ConfigMap holds `kid` (or there is no such key).
+    fn anywhere(&self, kid: Option<&str>) -> bool {
+        kid.is_none() || self.holders(kid, None) > 0
+    }
+
+    /// Whether an edit that takes the ConfigMap in `ns` away from the key (a delete, a hand edit,
+    /// a namespace that stops accepting) would lose the signing key's public key: the Secret is
+    /// gone and no other ConfigMap holds it. Such a double loss only a backup restores; the
+    /// schedules do not make it.
+    fn loses_signing_public(&self, ns: &str) -> bool {
+        let signing = self.checker.signing().map(str::to_string);
+        !self.secrets.contains_key(HOME)
+            && signing.is_some()
+            && self.holders(signing.as_deref(), Some(ns)) == 0
+    }
+
     fn next_revision(&mut self) -> u64 {
         self.revision += 1;
         self.revision

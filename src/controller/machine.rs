@@ -829,6 +829,9 @@ impl Machine {
             (None, NewKey::Next) => self.next_published_since(&pending, now),
         };
         self.keys.pending = None;
+        if role == NewKey::SignsNow && self.signing_in_secret.is_none() {
+            self.keep_last_signed(now);
+        }
         self.keys
             .add_published(pending.jwk.clone(), published_at, role);
         let published = match role {
@@ -845,6 +848,26 @@ impl Machine {
                 format!("Key {} {published}", pending.jwk.kid),
             )),
             None => {}
+        }
+    }
+
+    /// A key that signs at once takes over from the last key that signed (one lost with a deleted
+    /// Secret, however long ago its retirement was stamped): that one stops signing no earlier
+    /// than now, and stays published for the retention from then (the Secret write that switches
+    /// moves it to the instant the write returned, [`restamp`]).
+    fn keep_last_signed(&mut self, now: Timestamp) {
+        // Which of the keys retired last signed is not known when several were (a deleted Secret
+        // that also held the next key): all of them stay.
+        let last = self.keys.retired().first().and_then(|k| k.retired_at);
+        let retention = self.retention;
+        for key in self.keys.keys.iter_mut() {
+            if last.is_some() && key.retired_at == last && last < Some(now) {
+                key.retired_at = Some(now);
+                key.remove_after = Some(
+                    key.remove_after
+                        .map_or(plus(now, retention), |at| at.max(plus(now, retention))),
+                );
+            }
         }
     }
 

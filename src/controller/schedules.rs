@@ -278,9 +278,35 @@ fn a_quiet_key_rotates_on_schedule_and_converges() {
     assert!(driver.cluster.generated() <= driver.generation_bound());
 }
 
+/// Schedules the property test found, kept as they shrank.
 #[test]
-fn replay_scratch() {
-    let faults = [];
-    let result = run([true, true], 0, &faults);
-    assert!(result.is_ok(), "{result:?}");
+fn a_key_lost_with_its_secret_stays_published_until_its_successor_signs_and_for_l_plus_p_after() {
+    // The Secret is deleted while every ConfigMap write is refused for 31 s: no successor can be
+    // published, and the lost key (the auth service still signs with its mounted copy) outlived
+    // the retention its rebuild stamped.
+    let faults = [
+        Fault::Refuse(Some("ConfigMap"), None, 31),
+        Fault::DeleteSecret,
+        Fault::Wait(30),
+    ];
+    run([false, false], 0, &faults).unwrap();
+}
+
+#[test]
+fn the_retention_of_a_key_lost_with_its_secret_counts_from_the_switch_to_its_successor() {
+    // Slow writes: the successor is published in two ConfigMaps before the Secret switches to it,
+    // more than the clock margin after the lost key's retirement was stamped.
+    run([false, true], 501, &[Fault::DeleteSecret, Fault::Wait(1)]).unwrap();
+}
+
+#[test]
+fn a_deleted_secret_that_also_held_the_next_key_keeps_both_published() {
+    // The next key was published at 50 s; the Secret goes: both keys retire at the same instant,
+    // and the one that signed is not known.
+    let faults = [
+        Fault::Wait(50),
+        Fault::Refuse(Some("ConfigMap"), None, 1),
+        Fault::DeleteSecret,
+    ];
+    run([false, false], 0, &faults).unwrap();
 }
