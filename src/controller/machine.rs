@@ -193,7 +193,7 @@ pub enum Outcome {
 /// Where the machine is; the variants that end in `-ing` wait for the outcome of the step they
 /// asked for.
 enum Phase {
-    Refuse(&'static str, String),
+    Refuse(Readiness),
     Refusing,
     Untarget,
     Untargeting,
@@ -300,10 +300,12 @@ impl Machine {
         let mut timing = match jsk.spec.timing() {
             Ok(timing) => timing,
             Err(problem) => {
-                return refuse(
-                    Phase::Refuse("InvalidSpec", problem.to_string()),
-                    Timing::default(),
-                );
+                let ready = Readiness {
+                    status: "False",
+                    reason: "InvalidSpec",
+                    message: problem.to_string(),
+                };
+                return refuse(Phase::Refuse(ready), Timing::default());
             }
         };
         timing.activation_margin = memory.activation_margin;
@@ -314,7 +316,12 @@ impl Machine {
                      Delete or rename it, or set spec.secretName.",
                     jsk.secret_name()
                 );
-                return refuse(Phase::Refuse("SecretConflict", message), timing);
+                let ready = Readiness {
+                    status: "False",
+                    reason: "SecretConflict",
+                    message,
+                };
+                return refuse(Phase::Refuse(ready), timing);
             }
             Found::Owned(secret) => Some(secret),
             Found::Missing => None,
@@ -326,7 +333,12 @@ impl Machine {
                      untouched. Delete or rename it, or set spec.configMapName.",
                     jsk.config_map_name()
                 );
-                return refuse(Phase::Refuse("ConfigMapConflict", message), timing);
+                let ready = Readiness {
+                    status: "False",
+                    reason: "ConfigMapConflict",
+                    message,
+                };
+                return refuse(Phase::Refuse(ready), timing);
             }
             Found::Owned(cm) => Some(cm),
             Found::Missing => None,
@@ -417,9 +429,9 @@ impl Machine {
         loop {
             let phase = std::mem::replace(&mut self.phase, Phase::Over);
             match phase {
-                Phase::Refuse(reason, message) => {
+                Phase::Refuse(ready) => {
                     self.phase = Phase::Refusing;
-                    return Step::Report(Box::new(self.not_ready(reason, message, now)));
+                    return Step::Report(Box::new(self.not_ready(ready, now)));
                 }
 
                 // Copies in namespaces that no longer get one go first.
@@ -971,12 +983,7 @@ impl Machine {
     }
 
     /// The Ready condition turns false: a Warning when the reason is new, and the status.
-    fn not_ready(&self, reason: &'static str, message: String, now: Timestamp) -> Report {
-        let ready = Readiness {
-            status: "False",
-            reason,
-            message,
-        };
+    fn not_ready(&self, ready: Readiness, now: Timestamp) -> Report {
         let mut status = self.old.clone();
         status.observed_generation = self.jsk.metadata.generation;
         status.conditions = vec![report::ready_condition(&self.jsk, &ready, &self.old, now)];

@@ -59,6 +59,7 @@ impl Events {
 }
 
 /// The `Ready` condition's status, reason and message.
+#[derive(Clone, Debug)]
 pub struct Readiness {
     /// `True` or `False`.
     pub status: &'static str,

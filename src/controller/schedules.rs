@@ -132,11 +132,7 @@ impl Driver {
             violations.is_empty(),
             "{}\n{}",
             violations.join("\n"),
-            if std::env::var("JKO_TRACE").is_ok() {
-                self.cluster.trace()
-            } else {
-                String::new()
-            }
+            self.cluster.trace()
         );
         if let Err(problem) = self.cluster.repaired() {
             return Err(TestCaseError::fail(format!(
@@ -307,6 +303,22 @@ fn a_deleted_secret_that_also_held_the_next_key_keeps_both_published() {
         Fault::Wait(50),
         Fault::Refuse(Some("ConfigMap"), None, 1),
         Fault::DeleteSecret,
+    ];
+    run([false, false], 0, &faults).unwrap();
+}
+
+#[test]
+fn a_namespace_that_starts_accepting_during_p_holds_the_next_key_for_p_before_it_signs() {
+    // The next key is published at 50 s; at 53 s a namespace starts accepting and gets it, in a
+    // reconcile whose Secret write is refused (a rotate request changes the Secret): the instant
+    // the key was published everywhere moved to 53 s, and the next reconcile must not take the
+    // older one.
+    let faults = [
+        Fault::Wait(53),
+        Fault::Refuse(Some("Secret"), None, 5),
+        Fault::Rotate,
+        Fault::Accept(OTHERS[1], true),
+        Fault::Wait(30),
     ];
     run([false, false], 0, &faults).unwrap();
 }
