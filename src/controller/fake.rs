@@ -757,6 +757,19 @@ impl Effects for FakeCluster {
         secret.metadata.resource_version = Some(revision.to_string());
         state.writes += 1;
         let kid = secret_kid(&secret);
+        // The first key (and the first after a lost Secret) signs once the home ConfigMap holds it.
+        let before = state.secrets.get(HOME).and_then(secret_kid);
+        if let Some(kid) = &kid
+            && before.is_none()
+            && !state
+                .config_maps
+                .get(HOME)
+                .is_some_and(|cm| config_map_kids(cm).contains(kid))
+        {
+            state.violations.push(format!(
+                "I3: key {kid} signs before the home ConfigMap holds it (the Secret named no key)"
+            ));
+        }
         if let Some(kid) = &kid
             && state.checker.signing() != Some(kid.as_str())
             && std::mem::take(&mut state.at_once)
