@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, PartialObjectMeta, PartialObjectMetaExt},
+    api::{ListParams, PartialObjectMeta},
     runtime::{
         Controller, WatchStreamExt,
         events::Reporter,
@@ -29,11 +29,15 @@ use tracing::{error, info, warn};
 
 use crate::{
     cli::{LogFormat, RunArgs},
-    controller::{self, Cached, Context, Synced},
+    controller::{self, Context},
     crd::{ACCEPT_FROM_ANNOTATION, JwtSigningKey},
     leader::LeaderElector,
     metrics::Metrics,
     resources::{MANAGED_BY, MANAGED_BY_LABEL, SIGNING_KEY_LABEL, SOURCE_NAMESPACE_LABEL},
+    watch::{
+        Cached, Synced, Watch, retried, scope_name, strip_bookkeeping, strip_namespace,
+        watch_config,
+    },
 };
 
 /// Runs the operator until SIGTERM/SIGINT. Exits non-zero when it cannot start or loses leadership.
@@ -163,16 +167,8 @@ async fn run_inner(args: RunArgs) -> Result<(), String> {
                 namespace,
                 context.clone(),
                 Triggers {
-                    secrets: merged_triggers(
-                        secret_streams.meta,
-                        secret_streams.managed,
-                        secrets.clone(),
-                    ),
-                    config_maps: merged_triggers(
-                        config_map_streams.meta,
-                        config_map_streams.managed,
-                        config_maps.clone(),
-                    ),
+                    secrets: secret_streams.merged(secrets.clone()),
+                    config_maps: config_map_streams.merged(config_maps.clone()),
                     copies_hub: copies_hub.clone(),
                     names_hub: names_hub.clone(),
                     namespace_changes: namespace_changes.clone(),
@@ -370,7 +366,7 @@ fn watch_namespaces(
         reflector::reflector(
             writer,
             watcher(Api::<PartialObjectMeta<Namespace>>::all(client), config)
-                .modify(controller::strip_namespace)
+                .modify(strip_namespace)
                 .try_filter(move |event| {
                     std::future::ready(match event {
                         watcher::Event::Apply(ns)
@@ -459,129 +455,6 @@ impl NamespaceLooks {
 /// (`cargo bench --bench scale`).
 const RELEASE_AFTER_SYNC: Duration = Duration::from_secs(10);
 
-/// Objects per page of a watch's initial list (and of a relist). A page is held whole while it is
-/// decoded, so its size sets the peak that a restart leaves in the heap: with 1000 keys in one
-/// namespace, the RSS 20 s after a restart was 37-38 MiB with kube's default of 500, 29-30 MiB with
-/// 100 or 50, 34-35 MiB with streaming lists. 1000 objects cost 10 list requests instead of 2.
-pub(crate) const LIST_PAGE_SIZE: u32 = 100;
-
-/// The configuration every watch of the operator starts from.
-pub(crate) fn watch_config() -> watcher::Config {
-    watcher::Config::default()
-        .page_size(LIST_PAGE_SIZE)
-        .timeout(watch_timeout())
-}
-
-/// Seconds after which the API server ends a watch (which then resumes from where it was), drawn
-/// for each watch between 5 and 10 minutes as client-go's reflectors do. With kube's fixed 290 s,
-/// the thousands of watches of an operator that watches a thousand namespaces, all opened within
-/// seconds, all ended and were opened again within seconds of each other every 290 s
-/// (`cargo bench --bench scale`).
-fn watch_timeout() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    // A fresh `RandomState` is randomly keyed: its hash of nothing is a random number.
-    let random = std::hash::RandomState::new().build_hasher().finish();
-    WATCH_TIMEOUT_MIN + (random % u64::from(WATCH_TIMEOUT_MIN)) as u32
-}
-
-const WATCH_TIMEOUT_MIN: u32 = 300;
-
-/// A watch's events as the operator consumes them: retried on a schedule of the watch's own
-/// ([`WatchBackoff`]), errors logged here and never passed on.
-///
-/// The controller pauses all its triggers for each error it receives, and ends that pause only when
-/// an object comes through: with its five watches refused at once (a restarted API server before its
-/// RBAC caches are filled), the refusals queued up behind one another and held back every watch,
-/// and the keys created meanwhile, for many seconds after the API server authorized the operator
-/// again (`tests/outage.rs`).
-///
-/// A listing that completes ends the backoff; one that only starts (`Init`) does not, so that a list
-/// that keeps failing is retried less and less often. A watch the API server can no longer resume
-/// (410 Gone, as after its restart) lists again at the first delay: that is the normal way back,
-/// not a failure.
-pub(crate) fn retried<S, K>(
-    watch: Watch,
-    events: S,
-) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<S, K>
-where
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-    K: Send,
-{
-    let backoff = WatchBackoff::default();
-    let gone = backoff.gone.clone();
-    events
-        .filter(|event| std::future::ready(!matches!(event, Ok(watcher::Event::Init))))
-        .inspect_err(move |e| {
-            if matches!(e, watcher::Error::WatchError(status) if status.code == 410) {
-                gone.store(true, Ordering::SeqCst);
-            }
-        })
-        .backoff(backoff)
-        .filter_map(move |event| {
-            std::future::ready(match event {
-                Ok(event) => Some(Ok(event)),
-                Err(e) => {
-                    warn!(watch = %watch.description, error = %e, "watch failed; retrying");
-                    watch.metrics.watch_error(&watch.resource);
-                    None
-                }
-            })
-        })
-}
-
-/// A watch as logs (`description`) and metrics (`resource`, plural) name it.
-pub(crate) struct Watch {
-    pub description: String,
-    pub resource: String,
-    pub metrics: Arc<Metrics>,
-}
-
-/// How logs name a watch's scope.
-pub(crate) fn scope_name(namespace: Option<&str>) -> String {
-    namespace.map_or_else(|| "all namespaces".into(), |ns| format!("namespace {ns}"))
-}
-
-/// Watch retry delays: from 250 ms, doubling, capped at 5 s, so that watches recover within seconds of
-/// an API server restart without hammering one that is down. A 410 Gone (flagged in `gone` by
-/// [`retried`]) starts the sequence again.
-pub(crate) struct WatchBackoff {
-    next: Duration,
-    gone: Arc<AtomicBool>,
-}
-
-impl WatchBackoff {
-    const FIRST: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(5);
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        WatchBackoff {
-            next: Self::FIRST,
-            gone: Arc::default(),
-        }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        if self.gone.swap(false, Ordering::SeqCst) {
-            self.next = Self::FIRST;
-        }
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        Some(delay)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
 fn broadcast_stream<T: Clone + Send + 'static>(
     sender: &broadcast::Sender<T>,
 ) -> impl futures::Stream<Item = T> + Send + use<T> {
@@ -594,38 +467,6 @@ fn broadcast_stream<T: Clone + Send + 'static>(
             }
         }
     })
-}
-
-/// One trigger stream from the two watches of a kind: the metadata of the objects without the
-/// operator's label, and the operator's whole objects (which fill their store, and tell the cache
-/// which of its own writes the watch has shown). Both trigger: an object that loses or gains the
-/// label leaves one watch and joins the other, and a reconcile that one of them started is
-/// followed by one that sees what the other delivered.
-fn merged_triggers<K, M, F>(
-    meta: M,
-    managed: F,
-    cache: Arc<Cached<K>>,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    PartialObjectMeta<K>:
-        kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-    M: futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
-    F: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-{
-    let managed = managed.map(move |event| {
-        event.map(|object| {
-            cache.observed(&object);
-            object.meta().clone().into_response_partial::<K>()
-        })
-    });
-    stream::select(meta, managed)
 }
 
 /// The keys that publish into other namespaces (a `namespaceSelector`) and match `also`.
@@ -703,7 +544,7 @@ async fn controller_for<S, C>(
         reflector::reflector(
             writer,
             watcher(jsk_api, watch_config().any_semantic())
-                .modify(|jsk: &mut JwtSigningKey| controller::strip_bookkeeping(&mut jsk.metadata)),
+                .modify(|jsk: &mut JwtSigningKey| strip_bookkeeping(&mut jsk.metadata)),
         )
         .inspect_ok(move |event| seen.key_event(scope.as_deref(), event)),
     );
@@ -867,126 +708,6 @@ mod tests {
                 .body(Body::from(serde_json::to_vec(&status).unwrap()))
         });
         Client::new(service, "default")
-    }
-
-    /// What [`retried`] passes on, and how long it waits after each error before it polls its watch
-    /// again (on a paused clock).
-    async fn retry_schedule(
-        events: Vec<Result<watcher::Event<String>, watcher::Error>>,
-    ) -> (Vec<String>, Vec<Duration>) {
-        let errors = events.iter().filter(|e| e.is_err()).count();
-        let metrics = Arc::new(Metrics::default());
-        let start = tokio::time::Instant::now();
-        let polled = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let record = polled.clone();
-        let source = stream::iter(events).inspect(move |event| {
-            record
-                .lock()
-                .unwrap()
-                .push((start.elapsed(), event.is_err()))
-        });
-        let watch = Watch {
-            description: "a test watch".into(),
-            resource: "tests".into(),
-            metrics: metrics.clone(),
-        };
-        let passed: Vec<String> = retried(watch, source)
-            .map(|event| format!("{:?}", event.expect("errors are not passed on")))
-            .collect()
-            .await;
-        // The delay between each error and the item after it.
-        let polled = polled.lock().unwrap().clone();
-        let delays = polled
-            .windows(2)
-            .filter(|w| w[0].1)
-            .map(|w| w[1].0 - w[0].0)
-            .collect();
-        assert!(
-            metrics.render().contains(&format!(
-                "jwtkeys_watch_errors_total{{resource=\"tests\"}} {errors}\n"
-            )),
-            "every error counted: {}",
-            metrics.render()
-        );
-        (passed, delays)
-    }
-
-    fn failed() -> Result<watcher::Event<String>, watcher::Error> {
-        Err(watcher::Error::NoResourceVersion)
-    }
-
-    fn gone() -> Result<watcher::Event<String>, watcher::Error> {
-        Err(watcher::Error::WatchError(
-            kube::core::Status::failure("too old resource version: 401 (408)", "Expired")
-                .with_code(410)
-                .boxed(),
-        ))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_list_that_keeps_failing_is_retried_less_and_less_often() {
-        use watcher::Event::{Init, InitApply, InitDone};
-        let (passed, gaps) = retry_schedule(vec![
-            Ok(Init),
-            failed(),
-            Ok(Init),
-            failed(),
-            Ok(Init),
-            failed(),
-            Ok(Init),
-            failed(),
-            Ok(Init),
-            Ok(InitApply("a".into())),
-            Ok(InitDone),
-            failed(),
-            failed(),
-        ])
-        .await;
-        let ms = Duration::from_millis;
-        // A list that only started does not count as progress; one that completed does.
-        assert_eq!(gaps, [ms(250), ms(500), ms(1000), ms(2000), ms(250)]);
-        assert_eq!(passed, [r#"InitApply("a")"#, "InitDone"]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_watch_the_api_server_cannot_resume_lists_again_at_the_first_delay() {
-        use watcher::Event::{Apply, Init, InitDone};
-        let (passed, gaps) = retry_schedule(vec![
-            failed(),
-            failed(),
-            failed(),
-            failed(),
-            failed(),
-            gone(),
-            Ok(Init),
-            Ok(InitDone),
-            Ok(Apply("b".into())),
-        ])
-        .await;
-        let ms = Duration::from_millis;
-        // The 410 after a run of refusals waits 250 ms, not 5 s.
-        assert_eq!(
-            gaps,
-            [ms(250), ms(500), ms(1000), ms(2000), ms(4000), ms(250)]
-        );
-        assert_eq!(passed, ["InitDone", r#"Apply("b")"#]);
-    }
-
-    #[test]
-    fn watches_end_at_times_spread_between_5_and_10_minutes() {
-        let timeouts: std::collections::BTreeSet<u32> = (0..200).map(|_| watch_timeout()).collect();
-        assert!(
-            timeouts.iter().all(|t| (300..600).contains(t)),
-            "{timeouts:?}"
-        );
-        // 200 draws from 300 values: fewer than 100 distinct ones would be a broken draw.
-        assert!(timeouts.len() > 100, "{timeouts:?}");
-        assert!(
-            watch_config()
-                .timeout
-                .is_some_and(|t| (300..600).contains(&t)),
-            "every watch of the operator gets such a timeout"
-        );
     }
 
     #[tokio::test]

@@ -11,7 +11,6 @@
 //! The decisions about time are the pure `schedule`; this module observes, asks, applies, reports.
 
 mod backoff;
-mod cache;
 mod known;
 mod observe;
 mod publish;
@@ -43,7 +42,6 @@ use kube::{
 };
 use tracing::{debug, info, instrument, warn};
 
-pub use cache::{Cached, Synced, strip_bookkeeping, strip_namespace};
 pub use observe::{Inputs, Rebuilt, rebuild};
 pub use publish::published_jwks;
 pub use report::{Events, SERIES_WINDOW};
@@ -60,6 +58,7 @@ use crate::{
     resources::{self, PrivateKeys},
     schedule::{self, KeyRecord, KeySet, NewKey, PendingKey, Transition},
     time::plus,
+    watch::{Cached, Found, OVERLAY_TTL},
 };
 use publish::Publisher;
 use report::Readiness;
@@ -286,7 +285,7 @@ impl Context {
     }
 
     /// A record of a status write goes once the cache has held a newer object than the one that
-    /// write started from for [`cache::OVERLAY_TTL`] (a reconcile that took the older object may
+    /// write started from for [`OVERLAY_TTL`] (a reconcile that took the older object may
     /// still be running).
     fn watched(&self, jsk: &JwtSigningKey) {
         let Some(uid) = jsk.uid() else { return };
@@ -297,10 +296,7 @@ impl Context {
         {
             written.superseded = Some(Instant::now());
         }
-        statuses.retain(|_, w| {
-            w.superseded
-                .is_none_or(|at| at.elapsed() < cache::OVERLAY_TTL)
-        });
+        statuses.retain(|_, w| w.superseded.is_none_or(|at| at.elapsed() < OVERLAY_TTL));
     }
 
     /// Forgets what this process kept about a key that went away: its gauges, its backoff, its
@@ -531,28 +527,6 @@ pub fn error_policy(jsk: Arc<JwtSigningKey>, error: &Error, ctx: Arc<Context>) -
     };
     warn!(namespace = jsk.namespace(), name = jsk.name_any(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
-}
-
-/// Outcome of looking at an object the operator wants to write.
-pub(crate) enum Found<T> {
-    Missing,
-    Owned(T),
-    Foreign,
-}
-
-pub(crate) async fn find<K>(
-    api: &Api<K>,
-    name: &str,
-    jsk: &JwtSigningKey,
-) -> Result<Found<K>, kube::Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    Ok(match api.get_opt(name).await? {
-        None => Found::Missing,
-        Some(obj) if resources::is_owned_by(obj.meta(), jsk) => Found::Owned(obj),
-        Some(_) => Found::Foreign,
-    })
 }
 
 /// Writes a Secret or ConfigMap the way the operator writes them all: created when `current` is

@@ -249,7 +249,7 @@ pub(crate) struct StatusWritten {
     status: JwtSigningKeyStatus,
     /// When the watch delivered a newer object than `base`. A reconcile that took the object from
     /// the cache just before may still be running: the record stays for
-    /// [`super::cache::OVERLAY_TTL`] more.
+    /// [`crate::watch::OVERLAY_TTL`] more.
     pub(super) superseded: Option<Instant>,
 }
 
