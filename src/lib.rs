@@ -17,3 +17,4 @@ pub mod run;
 pub mod schedule;
 pub mod serve_jwks;
 pub mod time;
+pub mod watch;

@@ -5,7 +5,6 @@
 //! (`observe`); the ConfigMaps are planned in `publish`; the status and events in `report`.
 
 mod backoff;
-mod cache;
 pub mod effects;
 #[cfg(test)]
 mod fake;
@@ -30,7 +29,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, ResourceExt,
     api::{PartialObjectMeta, Patch, PatchParams},
     runtime::{
         controller::Action,
@@ -41,8 +40,8 @@ use kube::{
 };
 use tracing::{debug, info, instrument, warn};
 
+pub use crate::watch::{Cached, Found, Synced, strip_bookkeeping, strip_namespace};
 pub use backoff::Target;
-pub use cache::{Cached, Synced, strip_bookkeeping, strip_namespace};
 pub use observe::{Inputs, Rebuilt, rebuild};
 pub use publish::{Publication, Write, published_jwks};
 pub use report::{Events, Readiness, SERIES_WINDOW};
@@ -52,7 +51,7 @@ use crate::{
     duration::GoDuration,
     leader::Fence,
     metrics::Metrics,
-    resources,
+    watch::OVERLAY_TTL,
 };
 use effects::Kube;
 use machine::{Machine, Memory, REQUEUE_MARGIN, Removal};
@@ -274,7 +273,7 @@ impl Context {
     }
 
     /// A record of a status write goes once the cache has held a newer object than the one that
-    /// write started from for [`cache::OVERLAY_TTL`] (a reconcile that took the older object may
+    /// write started from for [`OVERLAY_TTL`] (a reconcile that took the older object may
     /// still be running).
     fn watched(&self, jsk: &JwtSigningKey) {
         let Some(uid) = jsk.uid() else { return };
@@ -285,10 +284,7 @@ impl Context {
         {
             written.superseded = Some(Instant::now());
         }
-        statuses.retain(|_, w| {
-            w.superseded
-                .is_none_or(|at| at.elapsed() < cache::OVERLAY_TTL)
-        });
+        statuses.retain(|_, w| w.superseded.is_none_or(|at| at.elapsed() < OVERLAY_TTL));
     }
 
     /// Forgets what this process kept about a key that went away: its gauges, its backoff, its
@@ -527,33 +523,6 @@ pub fn error_policy(jsk: Arc<JwtSigningKey>, error: &Error, ctx: Arc<Context>) -
     };
     warn!(namespace = jsk.namespace(), name = jsk.name_any(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
-}
-
-/// Outcome of looking at an object the operator wants to write.
-#[derive(Clone, Debug, Default)]
-pub enum Found<T> {
-    /// No object of that name.
-    #[default]
-    Missing,
-    /// This key's.
-    Owned(T),
-    /// Someone else's: left untouched.
-    Foreign,
-}
-
-pub(crate) async fn find<K>(
-    api: &Api<K>,
-    name: &str,
-    jsk: &JwtSigningKey,
-) -> Result<Found<K>, kube::Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    Ok(match api.get_opt(name).await? {
-        None => Found::Missing,
-        Some(obj) if resources::is_owned_by(obj.meta(), jsk) => Found::Owned(obj),
-        Some(_) => Found::Foreign,
-    })
 }
 
 /// Brings the key's objects to its schedule. `copies` are the copies it owns in other namespaces

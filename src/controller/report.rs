@@ -169,7 +169,11 @@ pub fn changed(
 /// reconcile that wrote it started from, and since when the cache holds a newer object.
 pub(crate) struct StatusWritten {
     pub(super) base: Option<String>,
+    /// The status as stored.
     pub(super) status: JwtSigningKeyStatus,
+    /// When the watch delivered a newer object than `base`. A reconcile that took the object from
+    /// the cache just before may still be running: the record stays for
+    /// [`crate::watch::OVERLAY_TTL`] more.
     pub(super) superseded: Option<Instant>,
 }
 

@@ -23,10 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::{NamespaceResourceScope, api::core::v1::Namespace};
+use futures::{Stream, StreamExt, stream};
+use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::PartialObjectMeta,
+    api::{PartialObjectMeta, PartialObjectMetaExt},
     runtime::{
         WatchStreamExt,
         reflector::{self, ObjectRef, Store},
@@ -35,12 +36,15 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::Found;
+use super::{
+    Synced, Watch, retried, scope_name,
+    strip::{keep_ownership_only, strip_bookkeeping},
+    watch_config,
+};
 use crate::{
     crd::JwtSigningKey,
     metrics::Metrics,
-    resources::{self, MANAGED_BY, MANAGED_BY_LABEL, OWNER_UID_ANNOTATION},
-    run::{Watch, retried, scope_name, watch_config},
+    resources::{self, MANAGED_BY, MANAGED_BY_LABEL},
 };
 
 /// How long a written object is preferred to the cache when its watch event does not arrive (a
@@ -70,47 +74,32 @@ impl<K> Written<K> {
 
 type Key = (String, String);
 
-/// Counts the watches that have listed their objects once, for any number of waiters. (kube's
-/// `Store::wait_until_ready` wakes only the last of several tasks that wait at the same time, so
-/// only the controller itself waits on it.)
-#[derive(Clone)]
-pub struct Synced {
-    listed: Arc<tokio::sync::watch::Sender<usize>>,
+/// Outcome of looking at an object the operator wants to write.
+#[derive(Clone, Debug, Default)]
+pub enum Found<T> {
+    /// No object of that name.
+    #[default]
+    Missing,
+    /// This key's.
+    Owned(T),
+    /// Someone else's: left untouched.
+    Foreign,
 }
 
-impl Default for Synced {
-    fn default() -> Self {
-        Synced {
-            listed: Arc::new(tokio::sync::watch::Sender::new(0)),
-        }
-    }
-}
-
-impl Synced {
-    /// Passes a watcher's events through; its first complete listing counts. Wrap the reflector's
-    /// stream, not the watcher's: the store holds a listing only once the reflector has applied
-    /// its `InitDone`, and a waiter woken earlier on another thread would read an empty store.
-    pub fn track<K, S>(&self, stream: S) -> impl futures::Stream<Item = S::Item> + use<K, S>
-    where
-        S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-    {
-        let listed = self.listed.clone();
-        let counted = std::sync::atomic::AtomicBool::new(false);
-        futures::StreamExt::inspect(stream, move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone))
-                && !counted.swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
-                listed.send_modify(|n| *n += 1);
-            }
-        })
-    }
-
-    /// Waits until `count` tracked watches have listed their objects.
-    pub async fn wait_for(&self, count: usize) {
-        let mut listed = self.listed.subscribe();
-        // The sender lives as long as `self`: this cannot fail.
-        let _ = listed.wait_for(|n| *n >= count).await;
-    }
+/// Looks at `name` through the API server, for an object no cache holds whole.
+async fn find_in_api<K>(
+    api: &Api<K>,
+    name: &str,
+    jsk: &JwtSigningKey,
+) -> Result<Found<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    Ok(match api.get_opt(name).await? {
+        None => Found::Missing,
+        Some(obj) if resources::is_owned_by(obj.meta(), jsk) => Found::Owned(obj),
+        Some(_) => Found::Foreign,
+    })
 }
 
 /// The cached objects of one kind (Secret or ConfigMap) in every watched scope.
@@ -126,13 +115,45 @@ where
     synced: Synced,
 }
 
-/// The watch streams of one scope that fill a [`Cached`]: the metadata stream (which triggers
-/// reconciles) and the managed-objects stream (which only fills its store).
+/// The two watch streams of one scope that fill a [`Cached`]; they fill it only while they are
+/// polled, as one trigger stream ([`Streams::merged`]).
 pub struct Streams<M, F> {
-    /// Metadata of every object without the label; must be polled by the controller.
-    pub meta: M,
-    /// Whole managed objects; must be polled (a background task does).
-    pub managed: F,
+    /// Metadata of every object without the label.
+    meta: M,
+    /// Whole managed objects.
+    managed: F,
+}
+
+impl<M, F> Streams<M, F> {
+    /// One trigger stream from the two watches of a kind: the metadata of the objects without the
+    /// operator's label, and the operator's whole objects (which fill their store, and tell the
+    /// cache which of its own writes the watch has shown). Both trigger: an object that loses or
+    /// gains the label leaves one watch and joins the other, and a reconcile that one of them
+    /// started is followed by one that sees what the other delivered.
+    pub fn merged<K>(
+        self,
+        cache: Arc<Cached<K>>,
+    ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+        PartialObjectMeta<K>: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+        M: Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
+        F: Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    {
+        let managed = self.managed.map(move |event| {
+            event.map(|object| {
+                cache.observed(&object);
+                object.meta().clone().into_response_partial::<K>()
+            })
+        });
+        stream::select(self.meta, managed)
+    }
 }
 
 fn scope_key(namespace: Option<&str>) -> String {
@@ -162,8 +183,8 @@ where
         namespace: Option<&str>,
         metrics: &Arc<Metrics>,
     ) -> Streams<
-        impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + use<K>,
-        impl futures::Stream<Item = Result<K, watcher::Error>> + Send + use<K>,
+        impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + use<K>,
+        impl Stream<Item = Result<K, watcher::Error>> + Send + use<K>,
     > {
         let (meta_store, meta_writer) = reflector::store();
         let (managed_store, managed_writer) = reflector::store();
@@ -295,7 +316,7 @@ where
         }
         let Some(scope) = self.scope_of(namespace) else {
             // Outside every watched scope (not expected): ask the API server.
-            return super::find(&Api::namespaced(client.clone(), namespace), name, jsk).await;
+            return find_in_api(&Api::namespaced(client.clone(), namespace), name, jsk).await;
         };
         let reference = ObjectRef::<K>::new(name).within(namespace);
         let managed = self.managed[&scope].get(&reference);
@@ -308,7 +329,7 @@ where
             (Some(_), _) => Found::Foreign,
             (None, None) => Found::Missing,
             (None, Some(meta)) if resources::is_owned_by(&meta.metadata, jsk) => {
-                super::find(&Api::namespaced(client.clone(), namespace), name, jsk).await?
+                find_in_api(&Api::namespaced(client.clone(), namespace), name, jsk).await?
             }
             (None, Some(_)) => Found::Foreign,
         })
@@ -390,36 +411,6 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
-}
-
-/// What no cached object needs: `managedFields` and kubectl's copy of the last applied object.
-pub fn strip_bookkeeping(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
-/// Drops `managedFields` and every annotation but `kept`.
-fn keep_one_annotation(
-    meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    kept: &str,
-) {
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k == kept);
-    }
-}
-
-/// What the metadata stores keep: names, labels, owners and the owner annotation of copies.
-fn keep_ownership_only(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
-    keep_one_annotation(meta, OWNER_UID_ANNOTATION);
-}
-
-/// Namespaces as publication needs them: names, labels, the consent annotation and whether they
-/// are terminating.
-pub fn strip_namespace(ns: &mut PartialObjectMeta<Namespace>) {
-    keep_one_annotation(&mut ns.metadata, crate::crd::ACCEPT_FROM_ANNOTATION);
 }
 
 /// Removes from the overlay the writes that reads no longer prefer.

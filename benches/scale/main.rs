@@ -1,0 +1,238 @@
+//! The operator's cost at scale, next to its floor, on the local control plane, in one run:
+//!
+//! 1. keygen floor (`keygen.rs`): the operator's own RSA-2048 generator in-process; floor = mean
+//!    CPU × N / cores (the full run generates N keys, so the floor is the CPU time of N generations
+//!    over the cores);
+//! 2. create storm (`storm.rs`): N JwtSigningKeys created by 8 parallel clients against one
+//!    operator (with leader election); time until all are Ready, the operator's CPU per key, the
+//!    largest gap between Lease renewals;
+//! 3. memory after the storm (`memory.rs`: peak and current RSS);
+//! 4. idle (`idle.rs`): the operator's requests while nothing is due, as the API server's audit
+//!    log records them (the Lease's apart);
+//! 5. writes per rotation for a sample of keys (`rotations.rs`: audit log, by resource);
+//! 6. fan-out (`fanout.rs`): one key published into M namespaces by a second operator watching
+//!    them; time until every copy holds a new key, and every copy held it at least P before the
+//!    Secret switched;
+//! 7. restart (`restart.rs`), after SIGTERM (a rolling update), after SIGKILL with the container
+//!    restarted in its pod, and after SIGKILL with a new pod in its place: time until the watches
+//!    are synced (a standby syncs before it leads) and until it leads, the RSS, and the writes it
+//!    makes for keys already in sync.
+//!
+//! `cargo bench --bench scale`: N = 1000 keys, M = 1000 namespaces (JKO_SCALE_KEYS and
+//! JKO_SCALE_NAMESPACES override). Without `--bench` (as `cargo test --all-targets` runs it): N = 100,
+//! M = 50, and the figures must stay within the bounds of `bounds.rs`. Every figure is printed
+//! first (`report.rs`), then the bounds are checked. Starts the test control plane if needed.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod bounds;
+mod cluster;
+mod fanout;
+mod idle;
+mod keygen;
+mod memory;
+mod process;
+mod report;
+mod restart;
+mod rotations;
+mod storm;
+
+use std::time::{Duration, Instant};
+
+use common::{AuditLog, OperatorProcess, TestNamespace};
+use futures::{StreamExt, stream};
+use jwt_key_operator::controller::SERIES_WINDOW;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams},
+};
+
+use crate::{
+    bounds::QUICK_STORM_EXITS,
+    cluster::release_keys,
+    fanout::{FANOUT_LABEL, fanout},
+    idle::idle,
+    keygen::{Keygen, keygen_floor},
+    memory::memory,
+    process::{Supervised, wait_log},
+    report::Report,
+    restart::{POD_NAME, Stop, restart},
+    rotations::rotations,
+    storm::storm,
+};
+
+/// The storm operator's Lease; its duration is the operator's default, passed explicitly so that
+/// the renew deadline printed is the one in force (two thirds of it; renewals every 2/15 of it).
+const LEASE_NAME: &str = "jwt-key-operator-scale";
+const LEASE_SECONDS: u64 = 15;
+
+/// The size of a run: quick (as `cargo test --all-targets` runs it) or full (`--bench`).
+struct Scale {
+    full: bool,
+    /// N
+    keys: usize,
+    /// M
+    namespaces: usize,
+    /// K
+    keygen_runs: usize,
+    /// W
+    idle: Duration,
+    /// Keys rotated in phase 5.
+    rotations: usize,
+}
+
+impl Scale {
+    fn from_args() -> Scale {
+        let full = std::env::args().any(|a| a == "--bench");
+        let env = |name: &str, default: usize| -> usize {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let keys = env("JKO_SCALE_KEYS", if full { 1000 } else { 100 }).max(1);
+        Scale {
+            full,
+            keys,
+            namespaces: env("JKO_SCALE_NAMESPACES", if full { 1000 } else { 50 }).max(1),
+            // Full: as many generations as keys, so that the floor is the CPU time of N
+            // generations, not an estimate from a sample of a skewed distribution.
+            keygen_runs: if full { keys } else { 20 },
+            // Full: long enough for the event recorder to forget the storm's events.
+            idle: if full {
+                SERIES_WINDOW + Duration::from_secs(40)
+            } else {
+                Duration::from_secs(30)
+            },
+            rotations: if full { 20 } else { 5 },
+        }
+    }
+}
+
+/// What every phase after the first is given.
+struct Bench<'a> {
+    scale: &'a Scale,
+    report: &'a Report,
+    ns: TestNamespace,
+    audit: Option<AuditLog>,
+    keygen: Keygen,
+    cores: usize,
+    /// Keys created in the storm and the rotation sample, all in sync by the end of phase 5.
+    keys: usize,
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let scale = Scale::from_args();
+    let report = Report::new(!scale.full);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "scale bench ({} mode): N = {} keys, M = {} namespaces, {cores} cores",
+        if scale.full { "full" } else { "quick" },
+        scale.keys,
+        scale.namespaces
+    );
+    let keygen = keygen_floor(&scale, &report, cores);
+    let (scale_ref, report_ref) = (&scale, &report);
+    common::with_temp_ns("bench-scale", |ns| async move {
+        common::install_crd(&ns.client).await;
+        let audit = AuditLog::open();
+        if audit.is_none() {
+            println!("(no audit log: request counts are skipped)");
+        }
+        let lease_seconds = LEASE_SECONDS.to_string();
+        let mut operator = Supervised::new(tokio::task::block_in_place(|| {
+            OperatorProcess::start_in_pod(
+                POD_NAME,
+                &[&ns.name],
+                &[
+                    "--leader-election=true",
+                    "--leader-election-namespace",
+                    &ns.name,
+                    "--leader-election-id",
+                    LEASE_NAME,
+                    "--lease-duration-seconds",
+                    &lease_seconds,
+                ],
+            )
+        }));
+        wait_log(&operator, "became leader", 1, Duration::from_secs(60)).await;
+        let mut bench = Bench {
+            scale: scale_ref,
+            report: report_ref,
+            ns: ns.clone(),
+            audit,
+            keygen,
+            cores,
+            keys: scale_ref.keys,
+        };
+        storm(&bench, &mut operator).await;
+        memory(&bench, &operator).await;
+        idle(&bench, &operator).await;
+        rotations(&bench, &mut operator).await;
+        bench.keys += scale_ref.rotations;
+        let mut fanout_namespaces = Vec::new();
+        fanout(&bench, &operator, &mut fanout_namespaces).await;
+        operator.tick();
+        let exits = operator.exits.len();
+        restart(&bench, &mut operator, Stop::Term).await;
+        restart(&bench, &mut operator, Stop::Kill).await;
+        restart(&bench, &mut operator, Stop::KillReplaced).await;
+        report_ref.figure(
+            "operator exits over phases 2-6",
+            exits as f64,
+            "",
+            "each restarted at once",
+            Some(QUICK_STORM_EXITS),
+        );
+
+        // Clean up: no operator runs any more, so the keys' finalizers go by hand.
+        drop(operator);
+        release_keys(&ns.client, &ns.name).await;
+        let namespaces: Api<Namespace> = Api::all(ns.client.clone());
+        stream::iter(fanout_namespaces.clone())
+            .map(|name| {
+                let api = namespaces.clone();
+                async move {
+                    let _ = api.delete(&name, &DeleteParams::background()).await;
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+        if scale_ref.full {
+            // A thousand terminating namespaces would slow the next run: wait for them here.
+            let started = Instant::now();
+            let _ = tokio::time::timeout(Duration::from_secs(600), async {
+                loop {
+                    let left = namespaces
+                        .list_metadata(
+                            &ListParams::default().labels(&format!("{FANOUT_LABEL}={}", ns.name)),
+                        )
+                        .await
+                        .map_or(0, |l| l.items.len());
+                    if left == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            })
+            .await;
+            println!(
+                "\n{} fan-out namespaces deleted in {:.1?}",
+                fanout_namespaces.len(),
+                started.elapsed()
+            );
+        }
+    })
+    .await;
+    report.table();
+    report.check();
+}
