@@ -24,6 +24,7 @@ use std::{
 };
 
 use common::{install_crd, kubeconfig_path, repo_root, wait_for, with_temp_ns};
+use jwt_key_operator::controller::{ConditionReason, EventReason};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client, api::DeleteParams};
 use serde_json::json;
@@ -300,23 +301,33 @@ fn reference_lists_every_reason_error_label_label_and_annotation_in_the_code() {
     let text = reference();
     let source = all_source();
 
-    let mut condition = literals_after(&source, "not_ready(");
-    condition.extend(literals_after(&source, "reason:"));
-    assert!(
-        condition.contains("KeysReady"),
-        "no reasons found in the code"
-    );
+    // The reasons are enums: every value, as Kubernetes shows it.
+    let condition: BTreeSet<String> = ConditionReason::ALL
+        .iter()
+        .map(|r| r.as_str().to_string())
+        .collect();
     let documented = first_column(&text, "## Status and the `Ready` condition");
     assert_same("the Ready condition's reasons", &documented, &condition);
 
-    let mut events = literals_after(&source, "EventType::Normal,");
-    events.extend(literals_after(&source, "EventType::Warning,"));
-    assert!(
-        events.contains("KeyActivated"),
-        "no event reasons found in the code"
-    );
+    let events: BTreeSet<String> = EventReason::ALL
+        .iter()
+        .map(|r| r.as_str().to_string())
+        .collect();
     let documented = first_column(&text, "## Events");
     assert_same("the event reasons", &documented, &events);
+    // No reason is written as a string anywhere else.
+    for stray in [
+        "EventType::Normal,",
+        "EventType::Warning,",
+        "reason:",
+        "not_ready(",
+    ] {
+        assert!(
+            literals_after(&source, stray).is_empty(),
+            "a reason written as a string after `{stray}`: {:?} (use ConditionReason or EventReason)",
+            literals_after(&source, stray)
+        );
+    }
 
     let mod_rs = std::fs::read_to_string(repo_root().join("src/controller/mod.rs")).unwrap();
     let body = mod_rs

@@ -414,14 +414,19 @@ impl Kube<'_> {
             .map_err(Error::ApplyStatus)?;
         self.ctx.metrics.api_write("status");
         if let Some(uid) = self.jsk.uid() {
-            self.ctx.statuses.lock().expect("status lock").insert(
-                uid,
-                StatusWritten {
-                    base: self.jsk.resource_version(),
-                    status: written.status.unwrap_or_default(),
-                    superseded: None,
-                },
-            );
+            self.ctx
+                .memory
+                .statuses
+                .lock()
+                .expect("status lock")
+                .insert(
+                    uid,
+                    StatusWritten {
+                        base: self.jsk.resource_version(),
+                        status: written.status.unwrap_or_default(),
+                        superseded: None,
+                    },
+                );
         }
         Ok(())
     }

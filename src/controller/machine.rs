@@ -28,6 +28,7 @@ use super::{
     Error, Found,
     observe::{Inputs, Rebuilt, published_next_since, rebuild},
     publish::{Publication, Write, Written},
+    reason::{ConditionReason, EventReason},
     report::{self, Readiness},
 };
 use crate::{
@@ -100,10 +101,10 @@ pub struct Note {
     pub message: String,
 }
 
-fn note(type_: EventType, reason: &'static str, message: String) -> Note {
+fn note(type_: EventType, reason: EventReason, message: String) -> Note {
     Note {
         type_,
-        reason,
+        reason: reason.as_str(),
         message,
     }
 }
@@ -302,7 +303,7 @@ impl Machine {
             Err(problem) => {
                 let ready = Readiness {
                     status: "False",
-                    reason: "InvalidSpec",
+                    reason: ConditionReason::InvalidSpec,
                     message: problem.to_string(),
                 };
                 return refuse(Phase::Refuse(ready), Timing::default());
@@ -318,7 +319,7 @@ impl Machine {
                 );
                 let ready = Readiness {
                     status: "False",
-                    reason: "SecretConflict",
+                    reason: ConditionReason::SecretConflict,
                     message,
                 };
                 return refuse(Phase::Refuse(ready), timing);
@@ -335,7 +336,7 @@ impl Machine {
                 );
                 let ready = Readiness {
                     status: "False",
-                    reason: "ConfigMapConflict",
+                    reason: ConditionReason::ConfigMapConflict,
                     message,
                 };
                 return refuse(Phase::Refuse(ready), timing);
@@ -379,7 +380,7 @@ impl Machine {
         let saved_pending = keys.pending.clone();
         let mut notes: Vec<Note> = repairs
             .into_iter()
-            .map(|r| note(EventType::Warning, "StateRepaired", r))
+            .map(|r| note(EventType::Warning, EventReason::StateRepaired, r))
             .collect();
         take_annotations(jsk, &mut keys, &known_status, now, &mut notes);
         // What the ConfigMaps name and the operator never recorded was put there by whoever may edit
@@ -387,7 +388,7 @@ impl Machine {
         for (ns, kids) in publication.foreign_kids(|kid| keys.records(kid)) {
             notes.push(note(
                 EventType::Warning,
-                "ForeignKeyRemoved",
+                EventReason::ForeignKeyRemoved,
                 format!(
                     "ConfigMap {} in namespace {ns} held key(s) {} that this JwtSigningKey never \
                      published; they are removed and published nowhere else",
@@ -554,7 +555,7 @@ impl Machine {
                     let error = self.secret_error.take().expect("a Secret write failed");
                     let ready = Readiness {
                         status: "False",
-                        reason: "SecretWriteFailed",
+                        reason: ConditionReason::SecretWriteFailed,
                         message: format!(
                             "Writing Secret {} failed; the keys it holds are unchanged and ConfigMaps \
                              keep every key it may sign with: {}",
@@ -694,7 +695,7 @@ impl Machine {
                     let created = self.notes.len();
                     self.notes.push(note(
                         EventType::Normal,
-                        "KeyCreated",
+                        EventReason::KeyCreated,
                         format!(
                             "Generated {} key {} ({})",
                             pending.jwk.alg,
@@ -783,7 +784,7 @@ impl Machine {
                     }
                     _ => self.notes.push(note(
                         EventType::Normal,
-                        "SecretRenamed",
+                        EventReason::SecretRenamed,
                         format!(
                             "The keys moved from Secret {old} to {}; the old Secret was deleted",
                             self.jsk.secret_name()
@@ -856,7 +857,7 @@ impl Machine {
             Some(i) => self.notes[i].message.push_str(&format!("; it {published}")),
             None if role == NewKey::SignsNow || added.is_some() => self.notes.push(note(
                 EventType::Normal,
-                "KeyPublished",
+                EventReason::KeyPublished,
                 format!("Key {} {published}", pending.jwk.kid),
             )),
             None => {}
@@ -922,7 +923,7 @@ impl Machine {
         if self.unaccepted != self.old.unaccepted_namespaces && !self.unaccepted.is_empty() {
             events.push(note(
                 EventType::Normal,
-                "NamespaceNotAccepted",
+                EventReason::NamespaceNotAccepted,
                 format!(
                     "Namespace(s) {} match publish.namespaceSelector but do not accept copies of this \
                      key (annotation {ACCEPT_FROM_ANNOTATION} naming {ns}/{} or {ns}/*); nothing is \
@@ -940,23 +941,23 @@ impl Machine {
                     rotations += 1;
                     note(
                         EventType::Normal,
-                        "KeyActivated",
+                        EventReason::KeyActivated,
                         format!("Key {kid} now signs"),
                     )
                 }
                 Transition::Retired(kid) => note(
                     EventType::Normal,
-                    "KeyRetired",
+                    EventReason::KeyRetired,
                     format!("Key {kid} stopped signing; it stays published for verification"),
                 ),
                 Transition::Removed(kid) => note(
                     EventType::Normal,
-                    "KeyRemoved",
+                    EventReason::KeyRemoved,
                     format!("Key {kid} is no longer published"),
                 ),
                 Transition::Revoked(kid) => note(
                     EventType::Normal,
-                    "KeyRevoked",
+                    EventReason::KeyRevoked,
                     format!(
                         "Key {kid} was revoked and removed from the Secret and every ConfigMap"
                     ),
@@ -1152,7 +1153,7 @@ fn readiness(
         let first = failures.values().next().cloned().unwrap_or_default();
         return Readiness {
             status: "False",
-            reason: "PublishFailed",
+            reason: ConditionReason::PublishFailed,
             message: format!(
                 "Publishing ConfigMap {name} failed in namespace(s) {}; retrying with backoff. A next \
                  key signs only once every namespace holds it. First error: {first}",
@@ -1163,7 +1164,7 @@ fn readiness(
     if !conflicts.is_empty() {
         return Readiness {
             status: "False",
-            reason: "ConfigMapConflict",
+            reason: ConditionReason::ConfigMapConflict,
             message: format!(
                 "ConfigMap {name} exists and is not managed by this JwtSigningKey in namespace(s) {}; \
                  those are left untouched and get no copy",
@@ -1173,7 +1174,7 @@ fn readiness(
     }
     Readiness {
         status: "True",
-        reason: "KeysReady",
+        reason: ConditionReason::KeysReady,
         message: format!(
             "{} key(s) published; key {} signs",
             keys.keys.len(),
@@ -1200,7 +1201,7 @@ fn take_annotations(
         keys.rotation_requested_at = Some(now);
         notes.push(note(
             EventType::Normal,
-            "RotationRequested",
+            EventReason::RotationRequested,
             format!("Rotation requested ({ROTATE_ANNOTATION}={value})"),
         ));
     }
@@ -1215,7 +1216,7 @@ fn take_annotations(
             if !known {
                 notes.push(note(
                     EventType::Warning,
-                    "RevokeUnknownKey",
+                    EventReason::RevokeUnknownKey,
                     format!("Key {kid} is not published by this JwtSigningKey; nothing to revoke"),
                 ));
                 continue;

@@ -13,6 +13,7 @@ pub mod machine;
 mod observe;
 mod publish;
 mod read;
+mod reason;
 mod report;
 #[cfg(test)]
 mod schedules;
@@ -44,6 +45,7 @@ pub use crate::watch::{Cached, Found, Synced, strip_bookkeeping, strip_namespace
 pub use backoff::Target;
 pub use observe::{Inputs, Rebuilt, rebuild};
 pub use publish::{Publication, Write, published_jwks};
+pub use reason::{ConditionReason, EventReason};
 pub use report::{Events, Readiness, SERIES_WINDOW};
 
 use crate::{
@@ -208,6 +210,15 @@ pub struct Context {
     pub fence: Option<Arc<Fence>>,
     /// Extra wait before a next key signs, for clock skew between replicas.
     pub activation_margin: GoDuration,
+    /// What this process remembers of each key.
+    memory: KeyMemories,
+}
+
+/// What this process remembers of each key (lost on a restart, which costs at most a later
+/// activation, a read of the status or a retry sooner; never a broken invariant).
+#[derive(Default)]
+struct KeyMemories {
+    /// Failures in a row of each key, by namespace and name.
     retries: Mutex<HashMap<(String, String), Retry>>,
     /// The status this process last wrote to each JwtSigningKey, by uid, while a reconcile may
     /// still start from the object that write started from ([`Context::watched`]).
@@ -246,11 +257,7 @@ impl Context {
             scope,
             fence,
             activation_margin,
-            retries: Mutex::new(HashMap::new()),
-            statuses: Mutex::new(HashMap::new()),
-            next_published: Mutex::new(HashMap::new()),
-            known: Mutex::new(known::KnownKeys::default()),
-            writes: Mutex::new(backoff::Backoffs::default()),
+            memory: KeyMemories::default(),
         }
     }
 
@@ -263,6 +270,7 @@ impl Context {
             self.watched(jsk);
         }
         let gone = self
+            .memory
             .known
             .lock()
             .expect("known keys lock")
@@ -277,7 +285,7 @@ impl Context {
     /// still be running).
     fn watched(&self, jsk: &JwtSigningKey) {
         let Some(uid) = jsk.uid() else { return };
-        let mut statuses = self.statuses.lock().expect("status lock");
+        let mut statuses = self.memory.statuses.lock().expect("status lock");
         if let Some(written) = statuses.get_mut(&uid)
             && written.base != jsk.resource_version()
             && written.superseded.is_none()
@@ -291,16 +299,23 @@ impl Context {
     /// last status write, when its next key was published.
     fn deleted(&self, key: &known::Gone) {
         self.metrics.forget(&key.namespace, &key.name);
-        self.retries
+        self.memory
+            .retries
             .lock()
             .expect("retry lock")
             .remove(&(key.namespace.clone(), key.name.clone()));
-        self.statuses.lock().expect("status lock").remove(&key.uid);
-        self.next_published
+        self.memory
+            .statuses
+            .lock()
+            .expect("status lock")
+            .remove(&key.uid);
+        self.memory
+            .next_published
             .lock()
             .expect("next key lock")
             .remove(&key.uid);
-        self.writes
+        self.memory
+            .writes
             .lock()
             .expect("write backoff lock")
             .forget(&key.uid);
@@ -309,7 +324,7 @@ impl Context {
     /// While `target` of `jsk` waits after a failed write: that write's error.
     fn waiting(&self, jsk: &JwtSigningKey, target: &backoff::Target) -> Option<String> {
         let uid = jsk.uid().unwrap_or_default();
-        let writes = self.writes.lock().expect("write backoff lock");
+        let writes = self.memory.writes.lock().expect("write backoff lock");
         writes
             .waiting(&uid, target, Instant::now())
             .map(str::to_string)
@@ -318,12 +333,12 @@ impl Context {
     /// Records a refused write of `target`: it backs off on its own, and is counted.
     fn write_failed(&self, jsk: &JwtSigningKey, target: &backoff::Target, error: &Error) {
         let uid = jsk.uid().unwrap_or_default();
-        let delay = self.writes.lock().expect("write backoff lock").failed(
-            &uid,
-            target,
-            error.brief(),
-            Instant::now(),
-        );
+        let delay = self
+            .memory
+            .writes
+            .lock()
+            .expect("write backoff lock")
+            .failed(&uid, target, error.brief(), Instant::now());
         self.metrics.reconcile_error(jsk, error.metric_label());
         warn!(kind = target.kind, namespace = target.namespace, name = target.name, error = %error.brief(), retry_in = ?delay, "write failed");
     }
@@ -331,7 +346,8 @@ impl Context {
     /// A write of `target` went through or was not needed.
     fn write_succeeded(&self, jsk: &JwtSigningKey, target: &backoff::Target) {
         let uid = jsk.uid().unwrap_or_default();
-        self.writes
+        self.memory
+            .writes
             .lock()
             .expect("write backoff lock")
             .succeeded(&uid, target);
@@ -340,7 +356,8 @@ impl Context {
     /// How long until the first object of `jsk` that waits after a failed write may be tried again.
     fn next_write_retry(&self, jsk: &JwtSigningKey) -> Option<Duration> {
         let uid = jsk.uid().unwrap_or_default();
-        self.writes
+        self.memory
+            .writes
             .lock()
             .expect("write backoff lock")
             .next_retry(&uid, Instant::now())
@@ -349,7 +366,7 @@ impl Context {
     /// Remembers the next key of `jsk` and when it was published everywhere (or forgets it).
     fn remember_next(&self, jsk: &JwtSigningKey, next: Option<(String, Timestamp)>) {
         let Some(uid) = jsk.uid() else { return };
-        let mut remembered = self.next_published.lock().expect("next key lock");
+        let mut remembered = self.memory.next_published.lock().expect("next key lock");
         match next {
             Some(next) => remembered.insert(uid, next),
             None => remembered.remove(&uid),
@@ -388,14 +405,15 @@ impl Context {
 
     /// While a failed key backs off and nothing the user controls changed, how long to wait.
     fn backing_off(&self, jsk: &JwtSigningKey) -> Option<Duration> {
-        let retries = self.retries.lock().expect("retry lock");
+        let retries = self.memory.retries.lock().expect("retry lock");
         let retry = retries.get(&Self::retry_key(jsk))?;
         let left = retry.until.checked_duration_since(Instant::now())?;
         (retry.fingerprint == Self::fingerprint(jsk)).then_some(left)
     }
 
     fn succeeded(&self, jsk: &JwtSigningKey) {
-        self.retries
+        self.memory
+            .retries
             .lock()
             .expect("retry lock")
             .remove(&Self::retry_key(jsk));
@@ -403,7 +421,7 @@ impl Context {
 
     /// Records a failure and returns the delay before the next attempt.
     fn failed(&self, jsk: &JwtSigningKey) -> Duration {
-        let mut retries = self.retries.lock().expect("retry lock");
+        let mut retries = self.memory.retries.lock().expect("retry lock");
         let retry = retries.entry(Self::retry_key(jsk)).or_insert(Retry {
             failures: 0,
             until: Instant::now(),
@@ -498,7 +516,12 @@ pub async fn reconcile(jsk: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Act
     // listing without it that came while this ran) leaves nothing of it behind: its gauges went
     // when the watch showed it gone, and this reconcile may have set them again.
     if let Some(uid) = jsk.uid()
-        && !ctx.known.lock().expect("known keys lock").knows(&uid)
+        && !ctx
+            .memory
+            .known
+            .lock()
+            .expect("known keys lock")
+            .knows(&uid)
     {
         ctx.deleted(&known::Gone::of(&jsk));
     }
@@ -532,6 +555,7 @@ async fn apply(jsk: &JwtSigningKey, ctx: &Context, copies: Vec<ConfigMap>) -> Re
     let uid = jsk.uid().unwrap_or_default();
     let memory = Memory {
         next_published: ctx
+            .memory
             .next_published
             .lock()
             .expect("next key lock")

@@ -108,7 +108,7 @@ pub(super) async fn observe(
 /// that write started from.
 fn status_known(jsk: &JwtSigningKey, ctx: &Context) -> Option<JwtSigningKeyStatus> {
     let uid = jsk.uid()?;
-    let statuses = ctx.statuses.lock().expect("status lock");
+    let statuses = ctx.memory.statuses.lock().expect("status lock");
     let written: &StatusWritten = statuses.get(&uid)?;
     (written.base == jsk.resource_version()).then(|| written.status.clone())
 }

@@ -14,7 +14,7 @@ use kube::{
 };
 use tracing::warn;
 
-use super::machine::Note;
+use super::{machine::Note, reason::ConditionReason};
 use crate::{
     crd::{JwtSigningKey, JwtSigningKeyStatus, Timing},
     schedule::{self, KeySet},
@@ -63,8 +63,8 @@ impl Events {
 pub struct Readiness {
     /// `True` or `False`.
     pub status: &'static str,
-    /// A reason of the contract (`KeysReady`, `PublishFailed`, ...).
-    pub reason: &'static str,
+    /// Why.
+    pub reason: ConditionReason,
     /// What a user reads.
     pub message: String,
 }
@@ -135,7 +135,7 @@ pub fn ready_condition(
     Condition {
         type_: "Ready".into(),
         status: ready.status.into(),
-        reason: ready.reason.into(),
+        reason: ready.reason.as_str().into(),
         message: ready.message.clone(),
         observed_generation: jsk.metadata.generation,
         last_transition_time,
@@ -148,10 +148,10 @@ pub fn warning_if_new(ready: &Readiness, old: &JwtSigningKeyStatus) -> Option<No
         return None;
     }
     let was = old.conditions.iter().find(|c| c.type_ == "Ready");
-    was.is_none_or(|c| c.reason != ready.reason || c.message != ready.message)
+    was.is_none_or(|c| c.reason != ready.reason.as_str() || c.message != ready.message)
         .then(|| Note {
             type_: EventType::Warning,
-            reason: ready.reason,
+            reason: ready.reason.as_str(),
             message: ready.message.clone(),
         })
 }
