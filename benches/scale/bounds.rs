@@ -57,7 +57,7 @@ pub const QUICK_RESTART_SYNC_SECS: f64 = 10.0;
 /// Restart after SIGKILL (a crash) in a new pod, spawn until the new process leads: the Lease of
 /// the killed process runs out first (LEASE_SECONDS), then at most 10 s. Its watches sync meanwhile
 /// (QUICK_RESTART_SYNC_SECS).
-pub const QUICK_CRASH_LEADER_SECS: f64 = crate::LEASE_SECONDS as f64 + 10.0;
+pub const QUICK_CRASH_LEADER_SECS: f64 = crate::setup::LEASE_SECONDS as f64 + 10.0;
 
 /// Exits of the operator (it exits on purpose when its Lease renewals miss the renew deadline).
 pub const QUICK_STORM_EXITS: f64 = 0.0;

@@ -22,7 +22,6 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    Bench,
     bounds::{QUICK_FANOUT_CREATE_SECS, QUICK_FANOUT_ROTATE_SECS},
     cluster::{
         AUDIT_FLUSH, active_kid, annotate_rotate, is_lease, is_ready, release_keys, requests_of,
@@ -31,6 +30,7 @@ use crate::{
     common::{Counts, OperatorProcess, Request, RequestKind},
     process::{status_field, status_mib, wait_log},
     report::show,
+    setup::Bench,
     support,
 };
 

@@ -5,7 +5,6 @@ use std::time::SystemTime;
 use jwt_key_operator::controller::SERIES_WINDOW;
 
 use crate::{
-    Bench,
     bounds::{
         QUICK_IDLE_LEASE_REQUESTS_PER_HOUR, QUICK_IDLE_REQUESTS_PER_KEY_HOUR,
         QUICK_IDLE_WRITES_PER_KEY_HOUR,
@@ -13,6 +12,7 @@ use crate::{
     cluster::{describe, is_lease, requests_of},
     common::{Counts, OperatorProcess, Request},
     process::status_mib,
+    setup::Bench,
 };
 
 /// Phase 4.

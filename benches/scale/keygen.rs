@@ -5,9 +5,9 @@ use std::time::Instant;
 use jwt_key_operator::{crd::Algorithm, keys::KeyPair};
 
 use crate::{
-    Scale,
     process::thread_cpu_seconds,
     report::{Report, show},
+    setup::{Keygen, Scale},
 };
 
 /// Phase 1: the median wall time and the mean CPU time of one generation.
@@ -55,13 +55,4 @@ pub fn keygen_floor(scale: &Scale, report: &Report, cores: usize) -> Keygen {
         median_ms: median,
         cpu_ms,
     }
-}
-
-/// The floor of phase 1.
-#[derive(Clone, Copy)]
-pub struct Keygen {
-    /// Median wall time of one generation.
-    pub median_ms: f64,
-    /// Mean CPU time of one generation.
-    pub cpu_ms: f64,
 }

@@ -19,9 +19,10 @@
 //!    makes for keys already in sync.
 //!
 //! `cargo bench --bench scale`: N = 1000 keys, M = 1000 namespaces (JKO_SCALE_KEYS and
-//! JKO_SCALE_NAMESPACES override). Without `--bench` (as `cargo test --all-targets` runs it): N = 100,
-//! M = 50, and the figures must stay within the bounds of `bounds.rs`. Every figure is printed
-//! first (`report.rs`), then the bounds are checked. Starts the test control plane if needed.
+//! JKO_SCALE_NAMESPACES override; the size of a run is set in `setup.rs`). Without `--bench` (as
+//! `cargo test --all-targets` runs it): N = 100, M = 50, and the figures must stay within the bounds
+//! of `bounds.rs`. Every figure is printed first (`report.rs`), then the bounds are checked. Starts
+//! the test control plane if needed.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -38,13 +39,13 @@ mod process;
 mod report;
 mod restart;
 mod rotations;
+mod setup;
 mod storm;
 
 use std::time::{Duration, Instant};
 
-use common::{AuditLog, OperatorProcess, TestNamespace};
+use common::{AuditLog, OperatorProcess};
 use futures::{StreamExt, stream};
-use jwt_key_operator::controller::SERIES_WINDOW;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api,
@@ -56,74 +57,15 @@ use crate::{
     cluster::release_keys,
     fanout::{FANOUT_LABEL, fanout},
     idle::idle,
-    keygen::{Keygen, keygen_floor},
+    keygen::keygen_floor,
     memory::memory,
     process::{Supervised, wait_log},
     report::Report,
     restart::{POD_NAME, Stop, restart},
     rotations::rotations,
+    setup::{Bench, LEASE_NAME, LEASE_SECONDS, Scale},
     storm::storm,
 };
-
-/// The storm operator's Lease; its duration is the operator's default, passed explicitly so that
-/// the renew deadline printed is the one in force (two thirds of it; renewals every 2/15 of it).
-const LEASE_NAME: &str = "jwt-key-operator-scale";
-const LEASE_SECONDS: u64 = 15;
-
-/// The size of a run: quick (as `cargo test --all-targets` runs it) or full (`--bench`).
-struct Scale {
-    full: bool,
-    /// N
-    keys: usize,
-    /// M
-    namespaces: usize,
-    /// K
-    keygen_runs: usize,
-    /// W
-    idle: Duration,
-    /// Keys rotated in phase 5.
-    rotations: usize,
-}
-
-impl Scale {
-    fn from_args() -> Scale {
-        let full = std::env::args().any(|a| a == "--bench");
-        let env = |name: &str, default: usize| -> usize {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
-        let keys = env("JKO_SCALE_KEYS", if full { 1000 } else { 100 }).max(1);
-        Scale {
-            full,
-            keys,
-            namespaces: env("JKO_SCALE_NAMESPACES", if full { 1000 } else { 50 }).max(1),
-            // Full: as many generations as keys, so that the floor is the CPU time of N
-            // generations, not an estimate from a sample of a skewed distribution.
-            keygen_runs: if full { keys } else { 20 },
-            // Full: long enough for the event recorder to forget the storm's events.
-            idle: if full {
-                SERIES_WINDOW + Duration::from_secs(40)
-            } else {
-                Duration::from_secs(30)
-            },
-            rotations: if full { 20 } else { 5 },
-        }
-    }
-}
-
-/// What every phase after the first is given.
-struct Bench<'a> {
-    scale: &'a Scale,
-    report: &'a Report,
-    ns: TestNamespace,
-    audit: Option<AuditLog>,
-    keygen: Keygen,
-    cores: usize,
-    /// Keys created in the storm and the rotation sample, all in sync by the end of phase 5.
-    keys: usize,
-}
 
 #[tokio::main]
 async fn main() {

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use crate::{
-    Bench,
     bounds::QUICK_PEAK_RSS_MIB,
     common::OperatorProcess,
     process::{settle, status_mib},
+    setup::Bench,
 };
 
 /// Phase 3.

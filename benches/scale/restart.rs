@@ -6,12 +6,12 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::{
-    Bench, LEASE_SECONDS,
     bounds::{QUICK_CRASH_LEADER_SECS, QUICK_RESTART_SYNC_SECS, QUICK_RESTART_WRITES},
     cluster::{describe, is_lease, of_kind, requests_of},
     common::{Counts, Request, RequestKind},
     process::{Supervised, count_in_log, settle, status_mib, wait_log, watches_synced},
     report::show,
+    setup::{Bench, LEASE_SECONDS},
     support,
 };
 

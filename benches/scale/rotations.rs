@@ -10,12 +10,12 @@ use kube::{Api, ResourceExt, api::PostParams};
 use serde_json::json;
 
 use crate::{
-    Bench,
     bounds::QUICK_WRITES_PER_ROTATION,
     cluster::{active_kid, annotate_rotate, is_lease, is_ready, requests_of, watch_until},
     common::{self, RequestKind},
     process::{Supervised, settle},
     report::show,
+    setup::Bench,
     support,
 };
 

@@ -19,7 +19,6 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    Bench, LEASE_NAME, LEASE_SECONDS,
     bounds::{
         QUICK_CPU_PER_KEY_OVER_KEYGEN, QUICK_LEASE_GAP_OVER_DEADLINE, QUICK_READY_OVER_FLOOR,
         QUICK_STORM_EXITS, QUICK_STORM_READS_PER_KEY, QUICK_STORM_WRITES_PER_KEY,
@@ -28,6 +27,7 @@ use crate::{
     common::{Counts, Request, RequestKind},
     process::{Supervised, others_cpu},
     report::show,
+    setup::{Bench, LEASE_NAME, LEASE_SECONDS},
     support,
 };
 
