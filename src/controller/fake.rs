@@ -247,6 +247,13 @@ impl FakeCluster {
         if !accepts && state.loses_signing_public(ns) {
             return;
         }
+        // Not while the copy of an earlier acceptance still waits to be removed: its verifiers held
+        // the keys throughout, which the checker (that stopped following it) cannot tell.
+        let detached = state.namespaces.get(ns).is_some_and(|(_, a)| a.is_none())
+            && state.config_maps.contains_key(ns);
+        if accepts && detached {
+            return;
+        }
         let Some((_, accept_from)) = state.namespaces.get_mut(ns) else {
             return;
         };
