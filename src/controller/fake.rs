@@ -15,7 +15,7 @@ use std::{
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Secret},
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, Time},
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time},
 };
 use kube::ResourceExt;
 
@@ -75,7 +75,6 @@ struct State {
     /// Kids planted by hand.
     planted: BTreeSet<String>,
     events: Vec<(&'static str, String)>,
-    writes: usize,
     /// When a write of each (kind, namespace) was last refused.
     last_refused: BTreeMap<(&'static str, String), Timestamp>,
     /// Refused Secret writes (each may cost a generated key).
@@ -173,7 +172,6 @@ impl FakeCluster {
                 generated: BTreeSet::new(),
                 planted: BTreeSet::new(),
                 events: Vec::new(),
-                writes: 0,
                 last_refused: BTreeMap::new(),
                 refused_secret_writes: 0,
                 at_once: true,
@@ -628,13 +626,30 @@ impl State {
         cm
     }
 
-    fn new_object_meta(
+    /// A create (no `current`, nothing stored) or an update whose resourceVersion is the stored
+    /// one, as the API server admits them: `desired` gets its uid and creation time.
+    fn admit(
         &mut self,
-        meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    ) {
-        self.uids += 1;
-        meta.uid = Some(format!("uid-{}", self.uids));
-        meta.creation_timestamp = Some(Time(self.now));
+        kind: &str,
+        desired: &mut ObjectMeta,
+        current: Option<&ObjectMeta>,
+        stored: Option<&ObjectMeta>,
+    ) -> std::result::Result<(), kube::Error> {
+        match (current, stored) {
+            (None, None) => {
+                self.uids += 1;
+                desired.uid = Some(format!("uid-{}", self.uids));
+                desired.creation_timestamp = Some(Time(self.now));
+            }
+            (Some(current), Some(stored))
+                if current.resource_version == stored.resource_version =>
+            {
+                desired.uid = stored.uid.clone();
+                desired.creation_timestamp = stored.creation_timestamp.clone();
+            }
+            _ => return Err(conflict(kind)),
+        }
+        Ok(())
     }
 }
 
@@ -748,21 +763,16 @@ impl Effects for FakeCluster {
             state.refused_secret_writes += 1;
             return Err(refused("Secret"));
         }
-        let stored = state.secrets.get(HOME).cloned();
+        let stored = state.secrets.get(HOME).map(|s| s.metadata.clone());
         let mut secret = desired.clone();
-        match (current, &stored) {
-            (None, None) => state.new_object_meta(&mut secret.metadata),
-            (Some(current), Some(stored))
-                if current.metadata.resource_version == stored.metadata.resource_version =>
-            {
-                secret.metadata.uid = stored.metadata.uid.clone();
-                secret.metadata.creation_timestamp = stored.metadata.creation_timestamp.clone();
-            }
-            _ => return Err(conflict("Secret")),
-        }
+        state.admit(
+            "Secret",
+            &mut secret.metadata,
+            current.map(|c| &c.metadata),
+            stored.as_ref(),
+        )?;
         let revision = state.next_revision();
         secret.metadata.resource_version = Some(revision.to_string());
-        state.writes += 1;
         let kid = secret_kid(&secret);
         // The first key (and the first after a lost Secret) signs once the home ConfigMap holds it.
         let before = state.secrets.get(HOME).and_then(secret_kid);
@@ -807,19 +817,14 @@ impl Effects for FakeCluster {
         if state.refuses("ConfigMap", &ns) {
             return Err(refused("ConfigMap"));
         }
-        let stored = state.config_maps.get(&ns).cloned();
+        let stored = state.config_maps.get(&ns).map(|cm| cm.metadata.clone());
         let mut cm = desired.clone();
-        match (current, &stored) {
-            (None, None) => state.new_object_meta(&mut cm.metadata),
-            (Some(current), Some(stored))
-                if current.metadata.resource_version == stored.metadata.resource_version =>
-            {
-                cm.metadata.uid = stored.metadata.uid.clone();
-                cm.metadata.creation_timestamp = stored.metadata.creation_timestamp.clone();
-            }
-            _ => return Err(conflict("ConfigMap")),
-        }
-        state.writes += 1;
+        state.admit(
+            "ConfigMap",
+            &mut cm.metadata,
+            current.map(|c| &c.metadata),
+            stored.as_ref(),
+        )?;
         Ok(state.store_config_map(&ns, cm, true))
     }
 
@@ -834,7 +839,6 @@ impl Effects for FakeCluster {
                 }
                 if state.config_maps.get(&ns).map(|s| s.uid()) == Some(cm.uid()) {
                     state.config_maps.remove(&ns);
-                    state.writes += 1;
                     let order = state.next_revision();
                     let at = state.now;
                     state.check(Version {
@@ -859,7 +863,6 @@ impl Effects for FakeCluster {
         }
         if let Some(status) = report.status {
             state.jsk.status = Some(status);
-            state.writes += 1;
         }
         Ok(())
     }
