@@ -145,11 +145,11 @@ pub struct JwtSigningKeySpec {
     pub publish: Option<PublishSpec>,
 
     /// What deleting this JwtSigningKey (or its CRD) does to the Secret and the ConfigMaps.
-    /// `Retain` (default): they stay, with their keys and labels, whether or not the operator
-    /// runs; a JwtSigningKey created again with the same name in the same namespace adopts them
-    /// and goes on with the same keys and schedule. `Delete`: the Secret and the ConfigMap in this
-    /// namespace go with the key (owner reference), and the operator removes the copies in other
-    /// namespaces (finalizer). A change applies to the objects with the operator's next write
+    /// `Delete` (default): the Secret and the ConfigMap in this namespace go with the key (owner
+    /// reference), and the operator removes the copies in other namespaces (finalizer). `Retain`:
+    /// they stay, with their keys and labels, whether or not the operator runs; a JwtSigningKey
+    /// created again with the same name in the same namespace adopts them and goes on with the
+    /// same keys and schedule. A change applies to the objects with the operator's next write
     /// (status.observedGeneration shows it).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -160,10 +160,10 @@ pub struct JwtSigningKeySpec {
 pub enum DeletionPolicy {
     /// The Secret and every ConfigMap (home and copies) stay; they carry no owner reference, and
     /// the key no finalizer.
-    #[default]
     Retain,
     /// The Secret and the home ConfigMap are garbage-collected with the key; the operator removes
     /// the copies in other namespaces before the key goes.
+    #[default]
     Delete,
 }
 

@@ -1,4 +1,4 @@
-//! End-to-end: `spec.deletionPolicy`. Under `Retain` (the default), deleting a JwtSigningKey, with or
+//! End-to-end: `spec.deletionPolicy`. Under `Retain`, deleting a JwtSigningKey, with or
 //! without the operator running, leaves its Secret, its home ConfigMap and its copies in other
 //! namespaces as they were (garbage collection has nothing to follow), and a JwtSigningKey created
 //! again with the same name adopts them and goes on with the same keys and schedule: no new key, no
@@ -173,6 +173,7 @@ async fn a_deleted_key_leaves_its_objects_and_a_key_created_again_adopts_them() 
         let all = [ns.name.clone(), copy.clone()];
         let mut operator = operator(&[&ns.name, &copy]);
         let spec = publish_to_copies(json!({
+            "deletionPolicy": "Retain",
             "rotationInterval": "1h", "propagationDelay": "5s", "maxTokenLifetime": "1m",
         }));
         let signing = create_ready(&ns, &jsk("auth", spec.clone())).await;
@@ -274,7 +275,7 @@ async fn a_retained_secret_whose_private_key_was_replaced_is_repaired_not_truste
         let history = History::of(&ns).await;
         let _operator = operator(&[&ns.name]);
         let spec =
-            json!({"rotationInterval": "1h", "propagationDelay": "5s", "maxTokenLifetime": "1m"});
+            json!({"rotationInterval": "1h", "propagationDelay": "5s", "maxTokenLifetime": "1m", "deletionPolicy": "Retain"});
         let signing = create_ready(&ns, &jsk("auth", spec.clone())).await;
         delete_key_and_wait_for_garbage_collection(&ns).await;
 
@@ -344,7 +345,7 @@ async fn a_retained_secret_whose_state_was_garbled_is_rebuilt_with_the_same_sign
         let history = History::of(&ns).await;
         let _operator = operator(&[&ns.name]);
         let spec =
-            json!({"rotationInterval": "1h", "propagationDelay": "5s", "maxTokenLifetime": "1m"});
+            json!({"rotationInterval": "1h", "propagationDelay": "5s", "maxTokenLifetime": "1m", "deletionPolicy": "Retain"});
         let signing = create_ready(&ns, &jsk("auth", spec.clone())).await;
         delete_key_and_wait_for_garbage_collection(&ns).await;
 

@@ -94,19 +94,13 @@ async fn a_new_key_gets_its_secret_config_map_status_and_events() {
                 Some("auth"),
                 "{kind}"
             );
-            // deletionPolicy Retain (the default): owned through the annotation, with no owner
-            // reference that garbage collection would follow (tests/retain.rs).
-            assert!(
-                meta.owner_references.unwrap_or_default().is_empty(),
-                "{kind}"
-            );
+            let owner = &meta.owner_references.expect("ownerReferences")[0];
             assert_eq!(
-                meta.annotations
-                    .unwrap_or_default()
-                    .get(resources::OWNER_UID_ANNOTATION),
-                key.metadata.uid.as_ref(),
+                (owner.kind.as_str(), owner.controller),
+                ("JwtSigningKey", Some(true)),
                 "{kind}"
             );
+            assert_eq!(Some(&owner.uid), key.metadata.uid.as_ref(), "{kind}");
         }
 
         assert_eq!(status.keys.len(), 1);
