@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     crd::{KeyState, KeyStatus, MAX_PUBLISHED_KEYS, Timing},
     keys::Jwk,
-    time::{minus, plus, rfc3339_secs},
+    time::{minus, plus, rfc3339_secs, rfc3339_secs_up},
 };
 
 /// Extra time a retired key stays published beyond L + P, covering the few milliseconds between
@@ -433,7 +433,7 @@ pub fn key_statuses(timing: &Timing, keys: &KeySet) -> Vec<KeyStatus> {
                 created_at: rfc3339_secs(key.published_at),
                 activates_at: activates.map(rfc3339_secs),
                 retires_at: retires.map(rfc3339_secs),
-                remove_after: key.remove_after.map(rfc3339_secs),
+                remove_after: key.remove_after.map(rfc3339_secs_up),
             }
         })
         .collect()

@@ -30,6 +30,18 @@ pub fn rfc3339_secs(t: Timestamp) -> String {
     format!("{t:.0}")
 }
 
+/// RFC 3339 in UTC with seconds precision, a fraction of a second rounded up: the form of an
+/// instant before which something is promised not to happen.
+pub fn rfc3339_secs_up(t: Timestamp) -> String {
+    let whole = t.as_second();
+    let up = if t.subsec_nanosecond() > 0 {
+        whole.saturating_add(1)
+    } else {
+        whole
+    };
+    rfc3339_secs(Timestamp::from_second(up).unwrap_or(t))
+}
+
 /// Parses an RFC 3339 instant with any offset (`Z`, `+02:00`, ...).
 pub fn parse_rfc3339(value: &str) -> Option<Timestamp> {
     value.parse().ok()

@@ -270,34 +270,7 @@ fn text<'s>(secret: Option<&'s Secret>, key: &str) -> Option<&'s str> {
 impl Machine {
     /// A reconcile of `jsk` from what it observed, what this process remembers, and `now`.
     pub fn new(jsk: &JwtSigningKey, observed: Observed, memory: Memory, now: Timestamp) -> Machine {
-        let namespace = jsk.namespace().unwrap_or_default();
-        let old = jsk.status.clone().unwrap_or_default();
-        let refuse = |phase: Phase, timing: Timing| Machine {
-            jsk: jsk.clone(),
-            namespace: namespace.clone(),
-            timing,
-            retention: SignedDuration::ZERO,
-            phase,
-            old: old.clone(),
-            baseline: observed.status_baseline.clone(),
-            memory: memory.clone(),
-            keys: KeySet::default(),
-            private: BTreeMap::new(),
-            saved_pending: None,
-            signing_in_secret: None,
-            notes: Vec::new(),
-            publication: Publication::new(jsk, None, Vec::new(), &[], BTreeMap::new()),
-            secret: None,
-            secret_written: false,
-            renamed_secret: None,
-            renamed_home: Vec::new(),
-            unaccepted: Vec::new(),
-            known_status: old.clone(),
-            secret_error: None,
-            planned: now,
-            plan: None,
-            failures: BTreeMap::new(),
-        };
+        let idle = Machine::idle(jsk, &observed, &memory, now);
         let mut timing = match jsk.spec.timing() {
             Ok(timing) => timing,
             Err(problem) => {
@@ -306,52 +279,28 @@ impl Machine {
                     reason: ConditionReason::InvalidSpec,
                     message: problem.to_string(),
                 };
-                return refuse(Phase::Refuse(ready), Timing::default());
+                return Machine {
+                    phase: Phase::Refuse(ready),
+                    ..idle
+                };
             }
         };
         timing.activation_margin = memory.activation_margin;
-        let secret = match observed.secret {
-            Found::Foreign => {
-                let message = format!(
-                    "Secret {} exists and is not managed by this JwtSigningKey; it is left untouched. \
-                     Delete or rename it, or set spec.secretName.",
-                    jsk.secret_name()
-                );
-                let ready = Readiness {
-                    status: "False",
-                    reason: ConditionReason::SecretConflict,
-                    message,
+        let (secret, home) = match owned(jsk, observed.secret, observed.home) {
+            Ok(owned) => owned,
+            Err(ready) => {
+                return Machine {
+                    phase: Phase::Refuse(ready),
+                    timing,
+                    ..idle
                 };
-                return refuse(Phase::Refuse(ready), timing);
             }
-            Found::Owned(secret) => Some(secret),
-            Found::Missing => None,
-        };
-        let home = match observed.home {
-            Found::Foreign => {
-                let message = format!(
-                    "ConfigMap {} exists and is not managed by this JwtSigningKey; it is left \
-                     untouched. Delete or rename it, or set spec.configMapName.",
-                    jsk.config_map_name()
-                );
-                let ready = Readiness {
-                    status: "False",
-                    reason: ConditionReason::ConfigMapConflict,
-                    message,
-                };
-                return refuse(Phase::Refuse(ready), timing);
-            }
-            Found::Owned(cm) => Some(cm),
-            Found::Missing => None,
         };
         let renamed_secret = match &secret {
             Some(_) => None,
             None => observed.renamed_secret,
         };
-        let known_status = observed
-            .stored_status
-            .clone()
-            .unwrap_or_else(|| old.clone());
+        let known_status = observed.stored_status.unwrap_or_else(|| idle.old.clone());
         let publication = Publication::new(
             jsk,
             home,
@@ -377,34 +326,20 @@ impl Machine {
             },
             now,
         );
-        let saved_pending = keys.pending.clone();
         let mut notes: Vec<Note> = repairs
             .into_iter()
             .map(|r| note(EventType::Warning, EventReason::StateRepaired, r))
             .collect();
         take_annotations(jsk, &mut keys, &known_status, now, &mut notes);
-        // What the ConfigMaps name and the operator never recorded was put there by whoever may edit
-        // them: the next write removes it, and it reaches no other ConfigMap.
-        for (ns, kids) in publication.foreign_kids(|kid| keys.records(kid)) {
-            notes.push(note(
-                EventType::Warning,
-                EventReason::ForeignKeyRemoved,
-                format!(
-                    "ConfigMap {} in namespace {ns} held key(s) {} that this JwtSigningKey never \
-                     published; they are removed and published nowhere else",
-                    jsk.config_map_name(),
-                    kids.join(", ")
-                ),
-            ));
-        }
+        notes.extend(foreign_keys(jsk, &publication, &keys));
         let mut machine = Machine {
             retention: schedule::retention(&timing),
             timing,
             phase: Phase::Untarget,
             signing_in_secret: keys.active().map(|k| k.jwk.clone()),
+            saved_pending: keys.pending.clone(),
             keys,
             private,
-            saved_pending,
             notes,
             publication,
             secret,
@@ -412,7 +347,7 @@ impl Machine {
             renamed_home: observed.renamed_home,
             unaccepted: observed.unaccepted,
             known_status,
-            ..refuse(Phase::Over, Timing::default())
+            ..idle
         };
         // Every ConfigMap version holds the key the Secret signs with, until the Secret switches.
         let revoked = machine
@@ -425,236 +360,299 @@ impl Machine {
         machine
     }
 
+    /// A machine that knows no keys yet and has nothing to do.
+    fn idle(jsk: &JwtSigningKey, observed: &Observed, memory: &Memory, now: Timestamp) -> Machine {
+        let old = jsk.status.clone().unwrap_or_default();
+        Machine {
+            jsk: jsk.clone(),
+            namespace: jsk.namespace().unwrap_or_default(),
+            timing: Timing::default(),
+            retention: SignedDuration::ZERO,
+            phase: Phase::Over,
+            baseline: observed.status_baseline.clone(),
+            memory: memory.clone(),
+            keys: KeySet::default(),
+            private: BTreeMap::new(),
+            saved_pending: None,
+            signing_in_secret: None,
+            notes: Vec::new(),
+            publication: Publication::new(jsk, None, Vec::new(), &[], BTreeMap::new()),
+            secret: None,
+            secret_written: false,
+            renamed_secret: None,
+            renamed_home: Vec::new(),
+            unaccepted: Vec::new(),
+            known_status: old.clone(),
+            secret_error: None,
+            planned: now,
+            plan: None,
+            failures: BTreeMap::new(),
+            old,
+        }
+    }
+
     /// The next step, at `now`.
     pub fn next(&mut self, now: Timestamp) -> Step {
         loop {
-            let phase = std::mem::replace(&mut self.phase, Phase::Over);
-            match phase {
-                Phase::Refuse(ready) => {
-                    self.phase = Phase::Refusing;
-                    return Step::Report(Box::new(self.not_ready(ready, now)));
-                }
-
-                // Copies in namespaces that no longer get one go first.
-                Phase::Untarget => {
-                    self.phase = Phase::Save;
-                    let untargeted = self.publication.take_untargeted();
-                    if !untargeted.is_empty() {
-                        self.phase = Phase::Untargeting;
-                        return Step::Delete(
-                            untargeted.into_iter().map(Removal::ConfigMap).collect(),
-                        );
-                    }
-                }
-
-                // Save: a new key is saved in the Secret before anything publishes it.
-                Phase::Save => {
-                    let plan = schedule::plan(&self.timing, &self.keys, now);
-                    let Some(role) = plan.generate else {
-                        self.phase = Phase::Repair;
-                        continue;
-                    };
-                    let reuse = self
-                        .keys
-                        .pending
-                        .clone()
-                        .filter(|p| self.private.contains_key(&p.jwk.kid));
-                    if let Some(pending) = reuse {
-                        self.phase = Phase::PublishNew(pending, role, None);
-                        continue;
-                    }
-                    // None is made while the Secret waits to retry a refused write.
-                    if let Some(error) = &self.memory.secret_waiting {
-                        self.secret_error = Some(Error::Waiting(error.clone()));
-                        self.phase = Phase::Repair;
-                        continue;
-                    }
-                    self.phase = Phase::Generating(role);
-                    return Step::Generate {
-                        algorithm: self.jsk.spec.algorithm,
-                        bits: self.jsk.spec.rsa_key_size() as usize,
-                    };
-                }
-                Phase::Saving(pending, role) => {
-                    self.phase = Phase::Saving(pending, role);
-                    return self.write_secret(desired_secret(
-                        &self.jsk,
-                        &self.keys,
-                        &self.private,
-                        None,
-                    ));
-                }
-
-                // Publish the new key; a next key waits until every target holds it, a key that must
-                // sign now signs once every writable target holds it (when no key signs yet, once
-                // the home ConfigMap holds it).
+            let step = match std::mem::replace(&mut self.phase, Phase::Over) {
+                Phase::Refuse(ready) => self.refuse(ready, now),
+                Phase::Untarget => self.untarget(),
+                Phase::Save => self.save(now),
+                Phase::Saving(pending, role) => self.saving(pending, role),
                 Phase::PublishNew(pending, role, created) => {
                     self.phase = Phase::PublishingNew(pending, role, created);
-                    return self.publish();
+                    Some(self.publish())
                 }
                 Phase::Published(pending, role, created) => {
-                    self.phase = Phase::Repair;
-                    if role == NewKey::Next && !self.publication.all_written() {
-                        continue;
-                    }
-                    if role == NewKey::SignsNow
-                        && self.signing_in_secret.is_none()
-                        && !self.publication.home_holds(&pending.jwk.kid)
-                    {
-                        continue;
-                    }
-                    self.add_published(pending, role, created, now);
-                    self.phase = Phase::Save;
+                    self.published(pending, role, created, now)
                 }
-
-                // Every target holds every key before the Secret changes (repairs included, whether
-                // or not the Secret can be written).
                 Phase::Repair => {
                     self.phase = Phase::Repairing;
-                    return self.publish();
+                    Some(self.publish())
                 }
-                // Hold P: the next key counts from the last write that added it anywhere, and not
-                // at all while a target lacks it; remembered before anything else can fail.
-                Phase::Hold => {
-                    hold_next_until_everywhere(&mut self.keys, &self.publication, now);
-                    self.phase = Phase::Holding;
-                    return Step::Remember(remembered(&self.keys));
-                }
-
-                // Switch the Secret to the schedule.
-                Phase::Switch => {
-                    if self.secret_error.is_some() {
-                        self.phase = Phase::SwitchFailed;
-                        continue;
-                    }
-                    self.planned = now;
-                    let plan = schedule::plan(&self.timing, &self.keys, now);
-                    let desired = desired_secret(
-                        &self.jsk,
-                        &plan.keys,
-                        &self.private,
-                        self.saved_pending.as_ref(),
-                    );
-                    self.plan = Some(plan);
-                    self.phase = Phase::Switching;
-                    return self.write_secret(desired);
-                }
-                Phase::Restamping => {
-                    self.phase = Phase::Restamping;
-                    let plan = self.plan.as_ref().expect("planned before the switch");
-                    return self.write_secret(desired_secret(
-                        &self.jsk,
-                        &plan.keys,
-                        &self.private,
-                        self.saved_pending.as_ref(),
-                    ));
-                }
-                // The Secret did not switch: the keys stay as they were before the plan, and the
-                // status records them (the instant the next key was published everywhere included).
-                Phase::SwitchFailed => {
-                    let error = self.secret_error.take().expect("a Secret write failed");
-                    let ready = Readiness {
-                        status: "False",
-                        reason: ConditionReason::SecretWriteFailed,
-                        message: format!(
-                            "Writing Secret {} failed; the keys it holds are unchanged and ConfigMaps \
-                             keep every key it may sign with: {}",
-                            self.jsk.secret_name(),
-                            error.brief()
-                        ),
-                    };
-                    let report = self.report(&self.keys.clone(), &[], &ready, now);
-                    self.phase = Phase::Finish(Err(error));
-                    return Step::Report(Box::new(report));
-                }
-
-                // Drop what the schedule removed, now that the Secret no longer needs it.
-                Phase::Drop => {
-                    let plan = self.plan.as_ref().expect("planned before the drop");
-                    self.keys = plan.keys.clone();
-                    self.publication
-                        .set_signing(self.keys.active().map(|k| k.jwk.clone()), false);
-                    self.phase = Phase::Dropping;
-                    return self.publish();
-                }
-                Phase::Dropped => {
-                    self.failures = self.publication.failures();
-                    self.phase = Phase::RememberNext;
-                    if let Some(kid) = self.keys.next().map(|k| k.kid().to_string())
-                        && let Some(added) = self.publication.added_at(&kid)
-                    {
-                        if let Some(next) = self.keys.keys.iter_mut().find(|k| k.kid() == kid)
-                            && next.published_at < added
-                        {
-                            next.published_at = added;
-                        }
-                        self.phase = Phase::RecordingNext;
-                        return self.write_secret(desired_secret(
-                            &self.jsk,
-                            &self.keys,
-                            &self.private,
-                            self.saved_pending.as_ref(),
-                        ));
-                    }
-                }
+                Phase::Hold => self.hold(now),
+                Phase::Switch => self.switch(now),
+                Phase::Restamping => self.restamping(),
+                Phase::SwitchFailed => self.switch_failed(now),
+                Phase::Drop => self.drop_retired(),
+                Phase::Dropped => self.record_next(),
                 Phase::RememberNext => {
                     self.phase = Phase::RememberingNext;
-                    return Step::Remember(remembered(&self.keys));
+                    Some(Step::Remember(remembered(&self.keys)))
                 }
-
-                // Tidy: objects under names this key no longer uses go once the current names hold
-                // the keys; a removal that fails is reported and retried, and skips nothing else.
-                Phase::Tidy => {
-                    self.phase = Phase::TidySecret;
-                    if self.failures.is_empty() {
-                        let old: Vec<ConfigMap> = self
-                            .renamed_home
-                            .iter()
-                            .chain(self.publication.renamed())
-                            .cloned()
-                            .collect();
-                        if !old.is_empty() {
-                            self.phase = Phase::Tidying;
-                            return Step::Delete(old.into_iter().map(Removal::ConfigMap).collect());
-                        }
-                    }
-                }
-                Phase::TidySecret => {
-                    self.phase = Phase::Report;
-                    if let Some(old) = &self.renamed_secret
-                        && (self.secret_written || self.secret.is_some())
-                    {
-                        self.phase = Phase::TidyingSecret(old.name_any());
-                        return Step::Delete(vec![Removal::Secret(old.clone())]);
-                    }
-                }
-
-                Phase::Report => {
-                    let plan = self.plan.take().expect("planned before the report");
-                    let ready = readiness(
-                        &self.jsk,
-                        &self.keys,
-                        &self.failures,
-                        self.publication.conflicts(),
-                    );
-                    let report = self.report(&self.keys.clone(), &plan.transitions, &ready, now);
-                    self.phase = Phase::Reporting(plan.next_change);
-                    if !self.failures.is_empty() {
-                        self.phase = Phase::Finish(Err(Error::Publish(ready.message)));
-                    }
-                    return Step::Report(Box::new(report));
-                }
-                Phase::Finish(result) => return Step::Finish(result),
-                Phase::Reporting(next_change) => {
-                    return Step::Finish(Ok(next_change));
-                }
-                Phase::Over => return Step::Finish(Ok(None)),
+                Phase::Tidy => self.tidy(),
+                Phase::TidySecret => self.tidy_secret(),
+                Phase::Report => self.report_keys(now),
+                Phase::Finish(result) => Some(Step::Finish(result)),
+                Phase::Reporting(next_change) => Some(Step::Finish(Ok(next_change))),
+                Phase::Over => Some(Step::Finish(Ok(None))),
                 waiting => {
                     self.phase = waiting;
                     panic!("the machine waits for an outcome: call record first");
                 }
+            };
+            if let Some(step) = step {
+                return step;
             }
         }
+    }
+
+    /// The spec or an object in the way leaves nothing to do but say why.
+    fn refuse(&mut self, ready: Readiness, now: Timestamp) -> Option<Step> {
+        self.phase = Phase::Refusing;
+        Some(Step::Report(Box::new(self.not_ready(ready, now))))
+    }
+
+    /// Copies in namespaces that no longer get one go first.
+    fn untarget(&mut self) -> Option<Step> {
+        self.phase = Phase::Save;
+        let untargeted = self.publication.take_untargeted();
+        if untargeted.is_empty() {
+            return None;
+        }
+        self.phase = Phase::Untargeting;
+        Some(Step::Delete(
+            untargeted.into_iter().map(Removal::ConfigMap).collect(),
+        ))
+    }
+
+    /// Save: a new key is saved in the Secret before anything publishes it. None is made while
+    /// the Secret waits to retry a refused write.
+    fn save(&mut self, now: Timestamp) -> Option<Step> {
+        let plan = schedule::plan(&self.timing, &self.keys, now);
+        let Some(role) = plan.generate else {
+            self.phase = Phase::Repair;
+            return None;
+        };
+        let reuse = self
+            .keys
+            .pending
+            .clone()
+            .filter(|p| self.private.contains_key(&p.jwk.kid));
+        if let Some(pending) = reuse {
+            self.phase = Phase::PublishNew(pending, role, None);
+            return None;
+        }
+        if let Some(error) = &self.memory.secret_waiting {
+            self.secret_error = Some(Error::Waiting(error.clone()));
+            self.phase = Phase::Repair;
+            return None;
+        }
+        self.phase = Phase::Generating(role);
+        Some(Step::Generate {
+            algorithm: self.jsk.spec.algorithm,
+            bits: self.jsk.spec.rsa_key_size() as usize,
+        })
+    }
+
+    /// The generated key goes into the Secret as pending.
+    fn saving(&mut self, pending: PendingKey, role: NewKey) -> Option<Step> {
+        self.phase = Phase::Saving(pending, role);
+        Some(self.write_secret(desired_secret(&self.jsk, &self.keys, &self.private, None)))
+    }
+
+    /// Publish the new key: a next key waits until every target holds it, a key that must sign
+    /// now signs once every writable target holds it (when no key signs yet, once the home
+    /// ConfigMap holds it).
+    fn published(
+        &mut self,
+        pending: PendingKey,
+        role: NewKey,
+        created: Option<usize>,
+        now: Timestamp,
+    ) -> Option<Step> {
+        self.phase = Phase::Repair;
+        let held = match role {
+            NewKey::Next => self.publication.all_written(),
+            NewKey::SignsNow => {
+                self.signing_in_secret.is_some() || self.publication.home_holds(&pending.jwk.kid)
+            }
+        };
+        if held {
+            self.add_published(pending, role, created, now);
+            self.phase = Phase::Save;
+        }
+        None
+    }
+
+    /// Hold P: the next key counts from the last write that added it anywhere, and not at all
+    /// while a target lacks it; remembered before anything else can fail. (Every target was
+    /// brought to every key just before, repairs included, whether or not the Secret can be
+    /// written.)
+    fn hold(&mut self, now: Timestamp) -> Option<Step> {
+        hold_next_until_everywhere(&mut self.keys, &self.publication, now);
+        self.phase = Phase::Holding;
+        Some(Step::Remember(remembered(&self.keys)))
+    }
+
+    /// Switch the Secret to the schedule.
+    fn switch(&mut self, now: Timestamp) -> Option<Step> {
+        if self.secret_error.is_some() {
+            self.phase = Phase::SwitchFailed;
+            return None;
+        }
+        self.planned = now;
+        let plan = schedule::plan(&self.timing, &self.keys, now);
+        let desired = desired_secret(
+            &self.jsk,
+            &plan.keys,
+            &self.private,
+            self.saved_pending.as_ref(),
+        );
+        self.plan = Some(plan);
+        self.phase = Phase::Switching;
+        Some(self.write_secret(desired))
+    }
+
+    /// The retirement of the key that stopped signing moves to the instant the switch returned.
+    fn restamping(&mut self) -> Option<Step> {
+        self.phase = Phase::Restamping;
+        let plan = self.plan.as_ref().expect("planned before the switch");
+        Some(self.write_secret(desired_secret(
+            &self.jsk,
+            &plan.keys,
+            &self.private,
+            self.saved_pending.as_ref(),
+        )))
+    }
+
+    /// The Secret did not switch: the keys stay as they were before the plan, and the status
+    /// records them (the instant the next key was published everywhere included).
+    fn switch_failed(&mut self, now: Timestamp) -> Option<Step> {
+        let error = self.secret_error.take().expect("a Secret write failed");
+        let ready = Readiness {
+            status: "False",
+            reason: ConditionReason::SecretWriteFailed,
+            message: format!(
+                "Writing Secret {} failed; the keys it holds are unchanged and ConfigMaps keep \
+                 every key it may sign with: {}",
+                self.jsk.secret_name(),
+                error.brief()
+            ),
+        };
+        let report = self.report(&self.keys.clone(), &[], &ready, now);
+        self.phase = Phase::Finish(Err(error));
+        Some(Step::Report(Box::new(report)))
+    }
+
+    /// Drop what the schedule removed, now that the Secret no longer needs it.
+    fn drop_retired(&mut self) -> Option<Step> {
+        let plan = self.plan.as_ref().expect("planned before the drop");
+        self.keys = plan.keys.clone();
+        self.publication
+            .set_signing(self.keys.active().map(|k| k.jwk.clone()), false);
+        self.phase = Phase::Dropping;
+        Some(self.publish())
+    }
+
+    /// A write that added the next key somewhere restarts its P: the Secret records it.
+    fn record_next(&mut self) -> Option<Step> {
+        self.failures.extend(self.publication.failures());
+        self.phase = Phase::RememberNext;
+        let kid = self.keys.next().map(|k| k.kid().to_string())?;
+        let added = self.publication.added_at(&kid)?;
+        if let Some(next) = self.keys.keys.iter_mut().find(|k| k.kid() == kid)
+            && next.published_at < added
+        {
+            next.published_at = added;
+        }
+        self.phase = Phase::RecordingNext;
+        Some(self.write_secret(desired_secret(
+            &self.jsk,
+            &self.keys,
+            &self.private,
+            self.saved_pending.as_ref(),
+        )))
+    }
+
+    /// Tidy: ConfigMaps under names this key no longer uses go once the current names hold the
+    /// keys; a removal that fails is reported and retried, and skips nothing else.
+    fn tidy(&mut self) -> Option<Step> {
+        self.phase = Phase::TidySecret;
+        if !self.failures.is_empty() {
+            return None;
+        }
+        let old: Vec<ConfigMap> = self
+            .renamed_home
+            .iter()
+            .chain(self.publication.renamed())
+            .cloned()
+            .collect();
+        if old.is_empty() {
+            return None;
+        }
+        self.phase = Phase::Tidying;
+        Some(Step::Delete(
+            old.into_iter().map(Removal::ConfigMap).collect(),
+        ))
+    }
+
+    /// The Secret under a former name goes once the current one holds the keys.
+    fn tidy_secret(&mut self) -> Option<Step> {
+        self.phase = Phase::Report;
+        let old = self.renamed_secret.as_ref()?;
+        if !(self.secret_written || self.secret.is_some()) {
+            return None;
+        }
+        self.phase = Phase::TidyingSecret(old.name_any());
+        Some(Step::Delete(vec![Removal::Secret(old.clone())]))
+    }
+
+    /// Report: events, gauges and the status say what the reconcile came to.
+    fn report_keys(&mut self, now: Timestamp) -> Option<Step> {
+        let plan = self.plan.take().expect("planned before the report");
+        let ready = readiness(
+            &self.jsk,
+            &self.keys,
+            &self.failures,
+            self.publication.conflicts(),
+        );
+        let report = self.report(&self.keys.clone(), &plan.transitions, &ready, now);
+        self.phase = Phase::Reporting(plan.next_change);
+        if !self.failures.is_empty() {
+            self.phase = Phase::Finish(Err(Error::Publish(ready.message)));
+        }
+        Some(Step::Report(Box::new(report)))
     }
 
     /// Takes back the outcome of the last step.
@@ -745,16 +743,17 @@ impl Machine {
                     Phase::SwitchFailed
                 }
             },
-            (Phase::Restamping, Outcome::SecretWritten(result)) => match result {
-                Ok(written) => {
-                    self.secret_written(written);
-                    Phase::Drop
+            // The Secret switched, but its state keeps the retirement as planned: the status
+            // records the later instant, and the next reconcile keeps the key that long.
+            (Phase::Restamping, Outcome::SecretWritten(result)) => {
+                match result {
+                    Ok(written) => self.secret_written(written),
+                    Err(error) => {
+                        self.failures.insert(self.namespace.clone(), error.brief());
+                    }
                 }
-                Err(error) => {
-                    self.secret_error = Some(error);
-                    Phase::SwitchFailed
-                }
-            },
+                Phase::Drop
+            }
             (Phase::Dropping, Outcome::Published(results)) => {
                 self.publication.record(results);
                 Phase::Dropped
@@ -997,6 +996,70 @@ impl Machine {
             status: report::changed(status, &self.baseline),
         }
     }
+}
+
+/// The Secret and the home ConfigMap, when this key owns those that exist; a Readiness saying
+/// which one is in the way otherwise (it is left untouched).
+fn owned(
+    jsk: &JwtSigningKey,
+    secret: Found<Secret>,
+    home: Found<ConfigMap>,
+) -> Result<(Option<Secret>, Option<ConfigMap>), Readiness> {
+    let conflict = |reason, message| Readiness {
+        status: "False",
+        reason,
+        message,
+    };
+    let secret = match secret {
+        Found::Foreign => {
+            return Err(conflict(
+                ConditionReason::SecretConflict,
+                format!(
+                    "Secret {} exists and is not managed by this JwtSigningKey; it is left \
+                     untouched. Delete or rename it, or set spec.secretName.",
+                    jsk.secret_name()
+                ),
+            ));
+        }
+        Found::Owned(secret) => Some(secret),
+        Found::Missing => None,
+    };
+    let home = match home {
+        Found::Foreign => {
+            return Err(conflict(
+                ConditionReason::ConfigMapConflict,
+                format!(
+                    "ConfigMap {} exists and is not managed by this JwtSigningKey; it is left \
+                     untouched. Delete or rename it, or set spec.configMapName.",
+                    jsk.config_map_name()
+                ),
+            ));
+        }
+        Found::Owned(cm) => Some(cm),
+        Found::Missing => None,
+    };
+    Ok((secret, home))
+}
+
+/// What the ConfigMaps name and the operator never recorded was put there by whoever may edit
+/// them: the next write removes it, and it reaches no other ConfigMap. A Warning per namespace.
+fn foreign_keys(jsk: &JwtSigningKey, publication: &Publication, keys: &KeySet) -> Vec<Note> {
+    publication
+        .foreign_kids(|kid| keys.records(kid))
+        .into_iter()
+        .map(|(ns, kids)| {
+            note(
+                EventType::Warning,
+                EventReason::ForeignKeyRemoved,
+                format!(
+                    "ConfigMap {} in namespace {ns} held key(s) {} that this JwtSigningKey never \
+                     published; they are removed and published nowhere else",
+                    jsk.config_map_name(),
+                    kids.join(", ")
+                ),
+            )
+        })
+        .collect()
 }
 
 /// The next key and when it was published everywhere, for this process's memory.

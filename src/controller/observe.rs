@@ -248,6 +248,17 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
         }
     }
 
+    // A retired key stays published as long as the status promised: the Secret write that moved
+    // its retirement to the instant the Secret switched may have failed after the switch itself
+    // succeeded, while the status recorded the later instant.
+    for record in keys.keys.iter_mut().filter(|r| r.retired_at.is_some()) {
+        let promised =
+            parse_time(status_entry(record.kid()).and_then(|e| e.remove_after.as_deref()));
+        if let Some(promised) = promised {
+            record.remove_after = Some(record.remove_after.map_or(promised, |at| at.max(promised)));
+        }
+    }
+
     // The next key is the one in next-private.pem, when the state or the publication knows it.
     if let Some(mut pair) = parse_pair(input.next_pem) {
         let kid = pair.kid().to_string();
