@@ -42,12 +42,21 @@ pub const OTHERS: [&str; 2] = ["ns-a", "ns-b"];
 /// Which writes a rule refuses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Refusal {
-    /// `Secret`, `ConfigMap`, or any (`None`).
+    /// `Secret`, `ConfigMap`, `Status` (the JwtSigningKey's status), or any (`None`).
     pub kind: Option<&'static str>,
     /// A namespace, or any (`None`).
     pub namespace: Option<String>,
-    /// Refuses until this instant.
-    pub until: Timestamp,
+    /// For how long, or which matching write.
+    pub span: Span,
+}
+
+/// Which of the matching writes a rule refuses.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Span {
+    /// Every one until this instant.
+    Until(Timestamp),
+    /// Only the Nth from now (1: the next one), however late it comes.
+    Nth(u32),
 }
 
 /// What this process remembers; a restart drops it.
@@ -70,19 +79,29 @@ struct State {
     memory: ProcessMemory,
     checker: Checker,
     violations: Vec<String>,
-    /// Every kid the operator generated.
-    generated: BTreeSet<String>,
+    /// Every kid the operator generated, with its algorithm.
+    generated: BTreeMap<String, Algorithm>,
     /// Kids planted by hand.
     planted: BTreeSet<String>,
     events: Vec<(&'static str, String)>,
     /// When a write of each (kind, namespace) was last refused.
     last_refused: BTreeMap<(&'static str, String), Timestamp>,
+    /// Since when the Secret signs with its key.
+    signing_since: Option<Timestamp>,
+    /// How late the schedule may run, for what happened that may rightly hold the next key back
+    /// (a refused write the key needs, a target that gained or lost keys, a restart).
+    excused_until: Option<Timestamp>,
     /// Refused Secret writes (each may cost a generated key).
     refused_secret_writes: usize,
     /// What happened, for a failing case.
     trace: Vec<String>,
     /// The next key to sign may sign at once (the signing key was lost or revoked).
     at_once: bool,
+    /// Whether the last reconcile's status write was refused.
+    status_refused: bool,
+    /// Rotation interval and propagation delay.
+    rotation_interval: SignedDuration,
+    propagation_delay: SignedDuration,
 }
 
 /// The in-memory cluster.
@@ -169,13 +188,18 @@ impl FakeCluster {
                 memory: ProcessMemory::default(),
                 checker: Checker::new(rules),
                 violations: Vec::new(),
-                generated: BTreeSet::new(),
+                generated: BTreeMap::new(),
                 planted: BTreeSet::new(),
                 events: Vec::new(),
                 last_refused: BTreeMap::new(),
+                signing_since: None,
+                excused_until: None,
                 refused_secret_writes: 0,
                 at_once: true,
                 trace: Vec::new(),
+                status_refused: false,
+                rotation_interval: timing.rotation_interval.as_signed(),
+                propagation_delay: timing.propagation_delay.as_signed(),
             }),
             base: Instant::now(),
             start,
@@ -194,7 +218,8 @@ impl FakeCluster {
     /// One reconcile, as the controller runs it: read, decide, act. Returns when to look again.
     pub fn reconcile(&self) -> Result<Option<Timestamp>> {
         let (jsk, observed, memory, now) = {
-            let state = self.state();
+            let mut state = self.state();
+            state.status_refused = false;
             let jsk = state.jsk.clone();
             let observed = observe(&state, &jsk);
             let target = Target::secret(HOME, &jsk.secret_name());
@@ -236,7 +261,10 @@ impl FakeCluster {
 
     /// The process restarts: what it remembered is gone.
     pub fn restart(&self) {
-        self.state().memory = ProcessMemory::default();
+        let mut state = self.state();
+        state.memory = ProcessMemory::default();
+        // The instant the next key was published everywhere may be lost with a status write.
+        state.excuse_p();
     }
 
     /// Namespace `ns` starts or stops accepting copies.
@@ -257,6 +285,10 @@ impl FakeCluster {
         };
         let was = accept_from.is_some();
         *accept_from = accepts.then(|| format!("{HOME}/*"));
+        // A new target holds the next key P before it signs; one that leaves holds nothing back.
+        if accepts && !was {
+            state.excuse_p();
+        }
         // A copy in a namespace that stopped accepting is no target any more (the operator
         // removes it); one that starts accepting again is followed from what it holds then.
         let held = state.config_maps.get(ns).map(config_map_kids);
@@ -275,6 +307,7 @@ impl FakeCluster {
         }
         if state.config_maps.remove(ns).is_some() {
             state.log_external(Kind::ConfigMap, ns, None);
+            state.excuse_p();
         }
     }
 
@@ -294,8 +327,21 @@ impl FakeCluster {
         if !state.anywhere(state.checker.signing()) {
             return;
         }
+        // Nor when the status never recorded it (its writes were refused): the ConfigMaps are
+        // output, and a key recorded neither in the Secret nor in the status is taken for planted.
+        let recorded = state.checker.signing().is_none_or(|kid| {
+            state
+                .jsk
+                .status
+                .as_ref()
+                .is_some_and(|s| s.keys.iter().any(|k| k.kid == kid))
+        });
+        if !recorded {
+            return;
+        }
         if state.secrets.remove(HOME).is_some() {
             state.log_external(Kind::Secret, HOME, None);
+            state.signing_since = None;
             // Its private keys are gone: a fresh key signs at once.
             state.at_once = true;
         }
@@ -330,11 +376,13 @@ impl FakeCluster {
         let Some(last) = jwks.last() else { return };
         cm.data = Some(resources::config_map_data_of(&[last]).expect("ConfigMap data"));
         state.store_config_map(ns, cm, false);
+        state.excuse_p();
     }
 
     /// Someone sets an annotation on the JwtSigningKey.
     pub fn annotate(&self, key: &str, value: &str) {
         let mut state = self.state();
+        state.excuse_p();
         state
             .jsk
             .annotations_mut()
@@ -347,6 +395,7 @@ impl FakeCluster {
         state.jsk.spec.algorithm =
             serde_json::from_value(serde_json::json!(algorithm)).expect("an algorithm");
         state.jsk.metadata.generation = state.jsk.metadata.generation.map(|g| g + 1);
+        state.excuse_p();
     }
 
     /// Revokes the signing key (`signing`) or the newest other published key, as a user would:
@@ -370,6 +419,7 @@ impl FakeCluster {
         };
         let Some(kid) = kid else { return };
         state.checker.rules_mut().revoked.insert(kid.clone());
+        state.excuse_p();
         if current == kid {
             state.at_once = true;
         }
@@ -415,6 +465,53 @@ impl FakeCluster {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// After a reconcile whose status write was not refused: the status names the key the Secret
+    /// signs with and the generation it saw.
+    pub fn reported(&self) -> std::result::Result<(), String> {
+        let state = self.state();
+        if state.status_refused {
+            return Ok(());
+        }
+        let status = state.jsk.status.clone().unwrap_or_default();
+        let signing = state.secrets.get(HOME).and_then(secret_kid);
+        if signing.is_some() && status.active_key_id != signing {
+            return Err(format!(
+                "the status names {:?} as the active key after a reconcile, the Secret signs with \
+                 {signing:?}, though the status write was not refused",
+                status.active_key_id
+            ));
+        }
+        if status.observed_generation != state.jsk.metadata.generation {
+            return Err(format!(
+                "the status observed generation {:?} after a reconcile of generation {:?}",
+                status.observed_generation, state.jsk.metadata.generation
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a reconcile: the key that signs has not outlived its rotation interval, unless
+    /// something happened that may rightly hold the next key back (a refused write the key
+    /// needs, a namespace that started accepting, a ConfigMap deleted or edited, a restart, a
+    /// spec or annotation edit), each allowing the schedule to run late from then on. Writes take
+    /// their latency; P more allows for it.
+    pub fn on_schedule(&self) -> std::result::Result<(), String> {
+        let state = self.state();
+        let Some(since) = state.signing_since else {
+            return Ok(());
+        };
+        let due = since + state.rotation_interval;
+        let allowed = state.excused_until.map_or(due, |at| at.max(due)) + state.propagation_delay;
+        if state.now > allowed {
+            return Err(format!(
+                "the key that signs since {since} still signs at {}, past its rotation at {due}, \
+                 though nothing since may hold the next key back",
+                state.now
+            ));
         }
         Ok(())
     }
@@ -539,18 +636,53 @@ impl State {
         self.revision
     }
 
-    /// Whether a rule refuses this write now; a refusal is recorded.
+    /// Whether a rule refuses this write now; a refusal is recorded, and a rule for the Nth
+    /// matching write counts this one.
     fn refuses(&mut self, kind: &'static str, namespace: &str) -> bool {
-        let refused = self.refusals.iter().any(|r| {
-            r.until > self.now
-                && r.kind.is_none_or(|k| k == kind)
-                && r.namespace.as_deref().is_none_or(|ns| ns == namespace)
+        let now = self.now;
+        let mut refused = false;
+        self.refusals.retain_mut(|r| {
+            let matches = r.kind.is_none_or(|k| k == kind)
+                && r.namespace.as_deref().is_none_or(|ns| ns == namespace);
+            match &mut r.span {
+                Span::Until(until) => {
+                    refused |= matches && *until > now;
+                    true
+                }
+                Span::Nth(n) if matches => {
+                    *n -= 1;
+                    refused |= *n == 0;
+                    *n > 0
+                }
+                Span::Nth(_) => true,
+            }
         });
         if refused {
             self.last_refused
                 .insert((kind, namespace.to_string()), self.now);
+            // A write the key needs may hold the next key back until its retry (the longest
+            // backoff) and P after it; a refused removal of a copy no namespace wants holds nothing.
+            let targeted = namespace == HOME
+                || self
+                    .namespaces
+                    .get(namespace)
+                    .is_some_and(|(_, a)| a.is_some());
+            if targeted {
+                self.excuse(SignedDuration::from_secs(300) + self.propagation_delay);
+            }
         }
         refused
+    }
+
+    /// The schedule may run late by `by` from now.
+    fn excuse(&mut self, by: SignedDuration) {
+        let until = self.now + by;
+        self.excused_until = Some(self.excused_until.map_or(until, |at| at.max(until)));
+    }
+
+    /// The schedule may run late by P from now.
+    fn excuse_p(&mut self) {
+        self.excuse(self.propagation_delay);
     }
 
     /// Whether a write of (kind, namespace) was refused within the longest write backoff.
@@ -748,7 +880,9 @@ impl Effects for FakeCluster {
 
     async fn generate(&self, algorithm: Algorithm, bits: usize) -> Result<KeyPair> {
         let pair = KeyPair::generate(bits, algorithm).map_err(Error::GenerateKey)?;
-        self.state().generated.insert(pair.jwk.kid.clone());
+        self.state()
+            .generated
+            .insert(pair.jwk.kid.clone(), algorithm);
         Ok(pair)
     }
 
@@ -792,6 +926,23 @@ impl Effects for FakeCluster {
             && std::mem::take(&mut state.at_once)
         {
             state.checker.rules_mut().signs_at_once.insert(kid.clone());
+        }
+        if let Some(kid) = &kid {
+            if before.as_ref() != Some(kid) {
+                state.signing_since = Some(state.now);
+            }
+            // The Secret names the algorithm of the key it signs with.
+            let named = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(resources::ALGORITHM))
+                .map(|a| String::from_utf8_lossy(&a.0).into_owned());
+            let generated = state.generated.get(kid).map(|a| a.as_str().to_string());
+            if generated.is_some() && named != generated {
+                state.violations.push(format!(
+                    "the Secret names algorithm {named:?} while its key {kid} is {generated:?}"
+                ));
+            }
         }
         state.secrets.insert(HOME.to_string(), secret.clone());
         let at = state.now;
@@ -862,6 +1013,10 @@ impl Effects for FakeCluster {
             state.events.push((note.reason, note.message));
         }
         if let Some(status) = report.status {
+            if state.refuses("Status", HOME) {
+                state.status_refused = true;
+                return Err(Error::ApplyStatus(refused("status")));
+            }
             state.jsk.status = Some(status);
         }
         Ok(())
