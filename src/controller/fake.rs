@@ -516,6 +516,11 @@ impl FakeCluster {
         Ok(())
     }
 
+    /// Since when the Secret signs with its key.
+    pub fn signing_since(&self) -> Option<Timestamp> {
+        self.state().signing_since
+    }
+
     /// Refused Secret writes so far.
     pub fn refused_secret_writes(&self) -> usize {
         self.state().refused_secret_writes

@@ -28,6 +28,10 @@ const CONVERGE_WITHIN: usize = 12;
 pub enum Fault {
     /// Time passes; the controller reconciles whenever the key asked to be looked at again.
     Wait(u16),
+    /// Time passes until this many seconds into the next key's P (the next instant that is
+    /// R - P + this after the signing key started signing): the faults that follow fall where a
+    /// next key is published but does not sign yet.
+    IntoP(u8),
     /// Writes of a kind (Secret, ConfigMap, Status or any) in a namespace (or any) are refused
     /// for a span of seconds.
     Refuse(Option<&'static str>, Option<&'static str>, u16),
@@ -96,6 +100,7 @@ fn faults() -> Vec<(u32, BoxedStrategy<Fault>)> {
                 .prop_map(|(kind, ns, n)| Fault::RefuseNth(kind, ns, n))
                 .boxed(),
         ),
+        (2, (0u8..P as u8).prop_map(Fault::IntoP).boxed()),
         (1, Just(Fault::Restart).boxed()),
         (
             2,
@@ -225,6 +230,16 @@ impl Driver {
         let now = self.cluster.time();
         match fault {
             Fault::Wait(secs) => return self.wait(i64::from(*secs)),
+            Fault::IntoP(secs) => {
+                let Some(since) = self.cluster.signing_since() else {
+                    return Ok(());
+                };
+                let mut at = since + SignedDuration::from_secs(R - P + i64::from(*secs));
+                while at <= now {
+                    at += SignedDuration::from_secs(R);
+                }
+                return self.wait(at.duration_since(now).as_secs());
+            }
             Fault::Refuse(kind, ns, secs) => self.cluster.refuse(Refusal {
                 kind: *kind,
                 namespace: ns.map(str::to_string),
@@ -388,6 +403,8 @@ fn a_namespace_that_starts_accepting_during_p_holds_the_next_key_for_p_before_it
     // the key was published everywhere moved to 53 s, and the next reconcile must not take the
     // older one.
     let faults = [
+        // The key is created at 0 (a reconcile that changes nothing else).
+        Fault::Restart,
         Fault::Wait(53),
         Fault::Refuse(Some("Secret"), None, 5),
         Fault::Rotate,
@@ -406,4 +423,20 @@ fn a_failed_restamp_after_the_secret_switched_reports_the_key_it_switched_to() {
         Fault::Revoke(true),
     ];
     run([false, true], 0, &faults).unwrap();
+}
+
+#[test]
+fn a_copy_that_could_not_be_removed_does_not_hold_the_next_key_back() {
+    // ns-b stops accepting while every ConfigMap write is refused: its copy stays behind, and its
+    // failed removal must not count as a failed publication that keeps the next key from signing.
+    let faults = [
+        Fault::Accept(OTHERS[0], false),
+        Fault::Rotate,
+        Fault::Accept(OTHERS[1], true),
+        Fault::Refuse(Some("ConfigMap"), None, 66),
+        Fault::Accept(OTHERS[1], false),
+        Fault::IntoP(6),
+        Fault::IntoP(0),
+    ];
+    run([false, false], 637, &faults).unwrap();
 }
