@@ -1,6 +1,8 @@
 //! `jwt-key-operator serve-jwks` as a process, against a directory that is swapped the way the
 //! kubelet swaps a mounted ConfigMap (timestamped directory, `..data` symlink renamed over).
-//! No cluster: the server needs no API access, and runs here with no kubeconfig at all.
+//! No cluster: the server needs no API access, and runs here with no kubeconfig at all. Keys of
+//! every algorithm (RS256, ES256, ES384, EdDSA) are served and reloaded as the operator publishes
+//! them.
 //!
 //! The PyJWKClient test needs PyJWT and cryptography in the interpreter `JKO_PYTHON` (default
 //! `python3`; `scripts/test` prepares one); a missing module fails the test rather than skipping it.
@@ -18,8 +20,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use kubelet::{KubeletDir, TestKey, configmap_files, keys, now, wait_for};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation,
+    jwk::{Jwk, ThumbprintHash},
+};
+use jwt_key_operator::{crd::Algorithm as KeyAlgorithm, keys::KeyPair, resources};
+use kubelet::{AnyKey, KubeletDir, TestKey, any_keys, configmap_files, keys, now, wait_for};
 use serde_json::{Value, json};
 
 const ISSUER: &str = "https://auth.example.test";
@@ -705,4 +712,202 @@ fn one_swap_of_the_mount_logs_one_reload() {
     }
     assert_eq!(reloads(&server.logs()), 1, "{}", server.logs());
     assert_eq!(server.get("/healthz").json()["loads"], 3);
+}
+
+/// The ConfigMap content the operator writes for `keys` (signing key first): its own JWKs, read
+/// from each key's private PEM as the operator reads its Secret.
+fn published_by_operator(keys: &[&AnyKey]) -> Files {
+    let jwks: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let algorithm: KeyAlgorithm = serde_json::from_value(json!(key.alg)).unwrap();
+            KeyPair::from_private_pem(&key.private_pem, algorithm)
+                .unwrap()
+                .jwk
+        })
+        .collect();
+    let data = resources::config_map_data_of(&jwks.iter().collect::<Vec<_>>()).unwrap();
+    data.into_iter()
+        .map(|(name, content)| (name, content.into_bytes()))
+        .collect()
+}
+
+fn jwks_json(files: &Files) -> &[u8] {
+    &files
+        .iter()
+        .find(|(name, _)| name == resources::JWKS_JSON)
+        .expect("jwks.json")
+        .1
+}
+
+/// A token signed as the auth service signs it: with the key's `private.pem`, `kid` and algorithm.
+fn sign_any(key: &AnyKey) -> String {
+    let algorithm: Algorithm = key.alg.parse().unwrap();
+    let pem = key.private_pem.as_bytes();
+    let encoding = match algorithm {
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+        _ => EncodingKey::from_rsa_pem(pem),
+    }
+    .unwrap();
+    let mut header = Header::new(algorithm);
+    header.kid = Some(key.kid.clone());
+    let claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "serve-jwks", "iat": now(), "exp": now() + 300});
+    jsonwebtoken::encode(&header, &claims, &encoding).unwrap()
+}
+
+/// Checks each served JWK of `keys` (in this order) as a verifier reads it: the members RFC 7518
+/// (6.2 EC, 6.3 RSA) and RFC 8037 (OKP) give its type and no other, coordinates of the curve's
+/// size, `kid` the RFC 7638 thumbprint (as jsonwebtoken computes it); and a token of each key,
+/// signed with its private key, verifies with the served JWK, the algorithm pinned to its `alg`.
+fn check_served_keys(served: &Value, keys: &[&AnyKey]) {
+    let served_keys = served["keys"].as_array().expect("a JWK set");
+    assert_eq!(served_keys.len(), keys.len(), "{served}");
+    for (jwk, key) in served_keys.iter().zip(keys) {
+        let alg = key.alg;
+        let (kty, crv, members, size): (&str, Option<&str>, &[&str], usize) = match alg {
+            "ES256" => ("EC", Some("P-256"), &["crv", "x", "y"], 32),
+            "ES384" => ("EC", Some("P-384"), &["crv", "x", "y"], 48),
+            "EdDSA" => ("OKP", Some("Ed25519"), &["crv", "x"], 32),
+            _ => ("RSA", None, &["n", "e"], 0),
+        };
+        let mut names: Vec<&str> = jwk
+            .as_object()
+            .expect("a JWK is an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        let mut expected = vec!["alg", "kid", "kty", "use"];
+        expected.extend(members);
+        expected.sort_unstable();
+        assert_eq!(names, expected, "{alg}: the members of {jwk}");
+        assert_eq!(
+            (jwk["kty"].as_str(), jwk["crv"].as_str()),
+            (Some(kty), crv),
+            "{alg}: {jwk}"
+        );
+        assert_eq!(
+            (jwk["use"].as_str(), jwk["alg"].as_str()),
+            (Some("sig"), Some(alg)),
+            "{jwk}"
+        );
+        for coordinate in members.iter().filter(|m| size > 0 && **m != "crv") {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(jwk[coordinate].as_str().unwrap())
+                .unwrap();
+            assert_eq!(bytes.len(), size, "{alg}: {coordinate} of {jwk}");
+        }
+        let parsed: Jwk = serde_json::from_value(jwk.clone()).unwrap();
+        let thumbprint = parsed.thumbprint(ThumbprintHash::SHA256).unwrap();
+        assert_eq!(
+            jwk["kid"], thumbprint,
+            "{alg}: kid is the RFC 7638 thumbprint"
+        );
+        assert_eq!(thumbprint, key.kid, "{alg}: the key served is this key");
+
+        let token = sign_any(key);
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        let found = served_keys
+            .iter()
+            .find(|jwk| jwk["kid"].as_str() == header.kid.as_deref())
+            .expect("the token's kid is served");
+        let pinned: Algorithm = found["alg"].as_str().unwrap().parse().unwrap();
+        let decoding = DecodingKey::from_jwk(&serde_json::from_value(found.clone()).unwrap())
+            .unwrap_or_else(|err| panic!("{alg}: {err}: {found}"));
+        let mut validation = Validation::new(pinned);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        jsonwebtoken::decode::<Value>(&token, &decoding, &validation)
+            .unwrap_or_else(|err| panic!("{alg}: a token of {} does not verify: {err}", key.kid));
+    }
+}
+
+/// A key of `algorithm` served from the operator's ConfigMap content, and its next key after a
+/// swap of the mount: each JWK checked as a verifier reads it, tokens verified with what was
+/// served (by jsonwebtoken and by a PyJWKClient that fetches the set over HTTP), the discovery
+/// document naming the algorithm, a new ETag for the reloaded set.
+fn serves_and_reloads_keys_of(algorithm: KeyAlgorithm) {
+    let alg = algorithm.as_str();
+    let [first, second] = any_keys(alg, 2).try_into().ok().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = published_by_operator(&[&first]);
+    let mut mount = KubeletDir::new(tmp.path().join("jwks"), &files);
+    let server = Server::start(mount.path(), &["--issuer", ISSUER]);
+
+    let etag = server.wait_serving(&[&first.kid]);
+    let response = server.get("/.well-known/jwks.json");
+    assert_eq!(
+        response.body,
+        jwks_json(&files),
+        "the published bytes, unchanged"
+    );
+    check_served_keys(&response.json(), &[&first]);
+    let discovery = server.get("/.well-known/openid-configuration").json();
+    assert_eq!(
+        discovery["id_token_signing_alg_values_supported"],
+        json!([alg])
+    );
+    let mut verifier = PyVerifier::start(
+        &server.url("/.well-known/jwks.json"),
+        Duration::from_secs(300),
+        Duration::ZERO,
+    );
+    verifier.verify(&sign_any(&first), &first.kid);
+
+    // The next key is published (the signing key stays first): the swap is served with a new
+    // ETag, and tokens of both keys verify with the reloaded set.
+    let files = published_by_operator(&[&first, &second]);
+    mount.publish(&files);
+    let reloaded = server.wait_serving(&[&first.kid, &second.kid]);
+    assert_ne!(reloaded, etag);
+    let response = server.get("/.well-known/jwks.json");
+    assert_eq!(response.body, jwks_json(&files));
+    check_served_keys(&response.json(), &[&first, &second]);
+
+    // The next key signs: it comes first, the previous one stays published.
+    let files = published_by_operator(&[&second, &first]);
+    mount.publish(&files);
+    server.wait_serving(&[&second.kid, &first.kid]);
+    check_served_keys(
+        &server.get("/.well-known/jwks.json").json(),
+        &[&second, &first],
+    );
+    // The client fetched the set before `second` was published: its kid is unknown to the cached
+    // set, so the client fetches the set again over HTTP (no refetch cooldown) and verifies it.
+    verifier.verify(&sign_any(&second), &second.kid);
+    verifier.verify(&sign_any(&first), &first.kid);
+    let (verified, failures, fetches) = verifier.finish();
+    assert!(
+        failures.is_empty(),
+        "{alg}: PyJWKClient failed: {failures:#?}"
+    );
+    assert_eq!(verified, 3);
+    assert_eq!(
+        fetches, 2,
+        "{alg}: the next key's kid made the client refetch"
+    );
+    let health = server.get("/healthz").json();
+    assert_eq!(health["kids"], json!([second.kid, first.kid]));
+    assert_eq!(health["failedReloads"], 0, "{health}");
+}
+
+#[test]
+fn rs256_keys_are_served_and_reloaded() {
+    serves_and_reloads_keys_of(KeyAlgorithm::RS256);
+}
+
+#[test]
+fn es256_keys_are_served_and_reloaded() {
+    serves_and_reloads_keys_of(KeyAlgorithm::ES256);
+}
+
+#[test]
+fn es384_keys_are_served_and_reloaded() {
+    serves_and_reloads_keys_of(KeyAlgorithm::ES384);
+}
+
+#[test]
+fn eddsa_keys_are_served_and_reloaded() {
+    serves_and_reloads_keys_of(KeyAlgorithm::EdDSA);
 }

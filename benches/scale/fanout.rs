@@ -272,10 +272,10 @@ pub async fn fanout(b: &Bench<'_>, bystander: &OperatorProcess, namespaces: &mut
 
     let history = record_fanout(client, &source, key).await;
     let keys: Api<JwtSigningKey> = Api::namespaced(client.clone(), &source);
-    let spec = json!({
+    let spec = b.scale.key_spec(json!({
         "propagationDelay": FANOUT_P_TEXT,
         "publish": {"namespaceSelector": {"matchLabels": {FANOUT_LABEL: b.ns.name}}},
-    });
+    }));
     let allow = Duration::from_secs(120) + Duration::from_millis(300) * m as u32;
     let created_wall = SystemTime::now();
     let created = Instant::now();

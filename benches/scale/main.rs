@@ -1,8 +1,8 @@
 //! The operator's cost at scale, next to its floor, on the local control plane, in one run:
 //!
-//! 1. keygen floor (`keygen.rs`): the operator's own RSA-2048 generator in-process; floor = mean
-//!    CPU × N / cores (the full run generates N keys, so the floor is the CPU time of N generations
-//!    over the cores);
+//! 1. keygen floor (`keygen.rs`): the operator's own generator in-process (RSA-2048 for RS256, the
+//!    default); floor = mean CPU × N / cores (the full run generates N keys, so the floor is the CPU
+//!    time of N generations over the cores);
 //! 2. create storm (`storm.rs`): N JwtSigningKeys created by 8 parallel clients against one
 //!    operator (with leader election); time until all are Ready, the operator's CPU per key, the
 //!    largest gap between Lease renewals;
@@ -22,7 +22,9 @@
 //! JKO_SCALE_NAMESPACES override; the size of a run is set in `setup.rs`). Without `--bench` (as
 //! `cargo test --all-targets` runs it): N = 100, M = 50, and the figures must stay within the bounds
 //! of `bounds.rs`. Every figure is printed first (`report.rs`), then the bounds are checked. Starts
-//! the test control plane if needed.
+//! the test control plane if needed. Every key the bench creates is RS256 unless
+//! JKO_SCALE_ALGORITHM names another algorithm (ES256, ES384, EdDSA, ...), whose generator is then
+//! the floor; JKO_SCALE_STORM_ONLY=1 stops after phase 3, to compare algorithms.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -73,14 +75,21 @@ async fn main() {
         return;
     }
     let scale = Scale::from_args();
-    let report = Report::new(!scale.full);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "scale bench ({} mode): N = {} keys, M = {} namespaces, {cores} cores",
+    let title = format!(
+        "scale bench ({} mode): N = {} {} keys, M = {} namespaces, {cores} cores{}",
         if scale.full { "full" } else { "quick" },
         scale.keys,
-        scale.namespaces
+        scale.algorithm,
+        scale.namespaces,
+        if scale.storm_only {
+            "; phases 1-3 only"
+        } else {
+            ""
+        }
     );
+    println!("{title}");
+    let report = Report::new(!scale.full, title);
     let keygen = keygen_floor(&scale, &report, cores);
     let (scale_ref, report_ref) = (&scale, &report);
     common::with_temp_ns("bench-scale", |ns| async move {
@@ -117,6 +126,11 @@ async fn main() {
         };
         storm(&bench, &mut operator).await;
         memory(&bench, &operator).await;
+        if scale_ref.storm_only {
+            drop(operator);
+            release_keys(&ns.client, &ns.name).await;
+            return;
+        }
         idle(&bench, &operator).await;
         rotations(&bench, &mut operator).await;
         bench.keys += scale_ref.rotations;

@@ -28,6 +28,8 @@ impl Figure {
 /// fails); bounds are checked only after everything is printed.
 pub struct Report {
     quick: bool,
+    /// What was run, repeated above the summary table.
+    title: String,
     figures: Mutex<Vec<Figure>>,
     /// The summary table was printed.
     printed: AtomicBool,
@@ -42,16 +44,21 @@ pub fn show(value: f64) -> String {
         format!("{value:.0}")
     } else if magnitude >= 10.0 {
         format!("{value:.1}")
-    } else {
+    } else if magnitude >= 0.01 {
         format!("{value:.2}")
+    } else {
+        // Two significant digits (an EC key's floor is milliseconds): 0.0017, not 0.00.
+        let decimals = 1 - magnitude.log10().floor() as i32;
+        format!("{value:.*}", decimals.max(0) as usize)
     }
 }
 
 impl Report {
     /// An empty report; bounds are checked in quick mode only (invariants always).
-    pub fn new(quick: bool) -> Report {
+    pub fn new(quick: bool, title: String) -> Report {
         Report {
             quick,
+            title,
             figures: Mutex::new(Vec::new()),
             printed: AtomicBool::new(false),
         }
@@ -139,7 +146,7 @@ impl Report {
             .map(|f| f.label.chars().count())
             .max()
             .unwrap_or(0);
-        println!("\n== summary");
+        println!("\n== summary: {}", self.title);
         for f in figures.iter() {
             let bound = match f.bound {
                 Some(b) if f.exceeded() => format!("EXCEEDS {}", show(b)),

@@ -31,7 +31,10 @@ pub async fn rotations(b: &Bench<'_>, operator: &mut Supervised) {
     let api: Api<JwtSigningKey> = Api::namespaced(b.ns.client.clone(), &b.ns.name);
     let names: Vec<String> = (0..s).map(|i| format!("rot-{i:02}")).collect();
     for name in &names {
-        let key = support::jsk(name, json!({"propagationDelay": ROTATION_P}));
+        let key = support::jsk(
+            name,
+            b.scale.key_spec(json!({"propagationDelay": ROTATION_P})),
+        );
         api.create(&PostParams::default(), &key)
             .await
             .unwrap_or_else(|e| panic!("creating {name}: {e}"));

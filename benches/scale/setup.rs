@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use jwt_key_operator::controller::SERIES_WINDOW;
+use jwt_key_operator::{controller::SERIES_WINDOW, crd::Algorithm};
+use serde_json::{Value, json};
 
 use crate::{
     common::{AuditLog, TestNamespace},
@@ -28,6 +29,10 @@ pub struct Scale {
     pub idle: Duration,
     /// Keys rotated in phase 5.
     pub rotations: usize,
+    /// The algorithm of every key the bench creates (and of the generator of phase 1).
+    pub algorithm: Algorithm,
+    /// Phases 1 to 3 only (floor, storm, memory), to compare algorithms.
+    pub storm_only: bool,
 }
 
 impl Scale {
@@ -40,6 +45,13 @@ impl Scale {
                 .unwrap_or(default)
         };
         let keys = env("JKO_SCALE_KEYS", if full { 1000 } else { 100 }).max(1);
+        let algorithm = std::env::var("JKO_SCALE_ALGORITHM").map_or(Algorithm::RS256, |name| {
+            serde_json::from_value(json!(name)).unwrap_or_else(|_| {
+                panic!(
+                    "JKO_SCALE_ALGORITHM={name}: not an algorithm (RS256, ES256, ES384, EdDSA, ...)"
+                )
+            })
+        });
         Scale {
             full,
             keys,
@@ -54,7 +66,23 @@ impl Scale {
                 Duration::from_secs(30)
             },
             rotations: if full { 20 } else { 5 },
+            algorithm,
+            storm_only: std::env::var("JKO_SCALE_STORM_ONLY")
+                .is_ok_and(|v| !v.is_empty() && v != "0"),
         }
+    }
+
+    /// Whether the keygen floor bounds the storm: RSA generation takes tens of milliseconds of
+    /// CPU per key, EC and Ed25519 generation microseconds, so that their storm is all API
+    /// round trips and a ratio to the floor says nothing.
+    pub fn floor_bounds(&self) -> bool {
+        self.algorithm.key_type() == jwt_key_operator::crd::KeyType::Rsa
+    }
+
+    /// A JwtSigningKey spec: `spec` with the run's algorithm.
+    pub fn key_spec(&self, mut spec: Value) -> Value {
+        spec["algorithm"] = json!(self.algorithm.as_str());
+        spec
     }
 }
 

@@ -258,17 +258,7 @@ impl AnyKey {
                     format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
                 )
             }
-            _ => {
-                let key = keys(1).remove(0);
-                let kid = key.kid.clone();
-                return AnyKey {
-                    alg,
-                    jwk: key.jwk(alg),
-                    private_pem: key.private_pem,
-                    public_pem: key.public_pem,
-                    kid,
-                };
-            }
+            _ => return AnyKey::rsa(keys(1).remove(0), alg),
         };
         let kid = sha256_b64(&canonical);
         jwk["kid"] = serde_json::json!(kid);
@@ -281,6 +271,17 @@ impl AnyKey {
         }
     }
 
+    /// An RSA key of the pool, published with `alg` (RS256, PS256, ...).
+    pub fn rsa(key: TestKey, alg: &'static str) -> AnyKey {
+        AnyKey {
+            alg,
+            jwk: key.jwk(alg),
+            kid: key.kid,
+            private_pem: key.private_pem,
+            public_pem: key.public_pem,
+        }
+    }
+
     pub fn secret_files(&self) -> Vec<(String, Vec<u8>)> {
         vec![
             ("private.pem".into(), self.private_pem.clone().into_bytes()),
@@ -288,6 +289,17 @@ impl AnyKey {
             ("kid".into(), self.kid.clone().into_bytes()),
             ("algorithm".into(), self.alg.as_bytes().to_vec()),
         ]
+    }
+}
+
+/// `n` distinct keys of `alg`: RSA ones from the pool of [`keys`], the others generated.
+pub fn any_keys(alg: &'static str, n: usize) -> Vec<AnyKey> {
+    match alg {
+        "ES256" | "ES384" | "EdDSA" => (0..n).map(|_| AnyKey::generate(alg)).collect(),
+        _ => keys(n)
+            .into_iter()
+            .map(|key| AnyKey::rsa(key, alg))
+            .collect(),
     }
 }
 
