@@ -39,6 +39,9 @@ pub const HOME: &str = "auth";
 /// Namespaces that may get copies.
 pub const OTHERS: [&str; 2] = ["ns-a", "ns-b"];
 
+/// How long a standby waits before it takes the Lease of a leader that stopped renewing.
+pub const LEASE_DURATION: SignedDuration = SignedDuration::from_secs(15);
+
 /// Which writes a rule refuses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Refusal {
@@ -99,6 +102,14 @@ struct State {
     at_once: bool,
     /// Whether the last reconcile's status write was refused.
     status_refused: bool,
+    /// The leader's fence closes at the Nth check from now (before a write); once closed, every
+    /// write this process tries is refused by its own executor until a standby takes over.
+    fence: Option<u32>,
+    fenced: bool,
+    /// The leader exited with its fence closed and no process has reconciled since.
+    leaderless: bool,
+    /// Leaders that exited with their fence closed.
+    failovers: usize,
     /// Rotation interval and propagation delay.
     rotation_interval: SignedDuration,
     propagation_delay: SignedDuration,
@@ -198,6 +209,10 @@ impl FakeCluster {
                 at_once: true,
                 trace: Vec::new(),
                 status_refused: false,
+                fence: None,
+                fenced: false,
+                leaderless: false,
+                failovers: 0,
                 rotation_interval: timing.rotation_interval.as_signed(),
                 propagation_delay: timing.propagation_delay.as_signed(),
             }),
@@ -220,6 +235,7 @@ impl FakeCluster {
         let (jsk, observed, memory, now) = {
             let mut state = self.state();
             state.status_refused = false;
+            state.leaderless = false;
             let jsk = state.jsk.clone();
             let observed = observe(&state, &jsk);
             let target = Target::secret(HOME, &jsk.secret_name());
@@ -265,6 +281,35 @@ impl FakeCluster {
         state.memory = ProcessMemory::default();
         // The instant the next key was published everywhere may be lost with a status write.
         state.excuse_p();
+    }
+
+    /// The leader's renewals stop: its fence closes before its Nth write from now (status writes
+    /// included), as it does for a leader frozen past the renew deadline.
+    pub fn close_fence_at(&self, n: u32) {
+        self.state().fence = Some(n.max(1));
+    }
+
+    /// Whether the process found its fence closed; a standby then takes over with no memory of
+    /// the key (what `restart` does), and the closed fence goes with the old process.
+    pub fn take_fenced(&self) -> bool {
+        let mut state = self.state();
+        if !std::mem::take(&mut state.fenced) {
+            return false;
+        }
+        state.fence = None;
+        state.leaderless = true;
+        state.failovers += 1;
+        // The standby reconciles once it holds the Lease: the schedule may run that much late.
+        let by = LEASE_DURATION + state.propagation_delay;
+        state.excuse(by);
+        drop(state);
+        self.restart();
+        true
+    }
+
+    /// Leaders that exited with their fence closed so far.
+    pub fn failovers(&self) -> usize {
+        self.state().failovers
     }
 
     /// Namespace `ns` starts or stops accepting copies.
@@ -434,6 +479,10 @@ impl FakeCluster {
     /// holds back the others' repairs).
     pub fn repaired(&self) -> std::result::Result<(), String> {
         let state = self.state();
+        // Nothing repairs until the standby leads.
+        if state.leaderless {
+            return Ok(());
+        }
         let Some(signing) = state.secrets.get(HOME).and_then(secret_kid) else {
             return Ok(());
         };
@@ -854,7 +903,24 @@ impl Effects for FakeCluster {
     }
 
     fn check_fence(&self) -> Result<()> {
-        Ok(())
+        let mut state = self.state();
+        if state.fenced {
+            return Err(Error::Fenced);
+        }
+        match state.fence {
+            Some(n) if n <= 1 => {
+                state.fence = None;
+                state.fenced = true;
+                let closed = format!("{}: the fence closes", state.now);
+                state.trace.push(closed);
+                Err(Error::Fenced)
+            }
+            Some(n) => {
+                state.fence = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn waiting(&self, target: &Target) -> Option<String> {
@@ -1018,6 +1084,13 @@ impl Effects for FakeCluster {
             state.events.push((note.reason, note.message));
         }
         if let Some(status) = report.status {
+            // As on the API server: the fence is checked before the status write.
+            drop(state);
+            if let Err(e) = self.check_fence() {
+                self.state().status_refused = true;
+                return Err(e);
+            }
+            let mut state = self.state();
             if state.refuses("Status", HOME) {
                 state.status_refused = true;
                 return Err(Error::ApplyStatus(refused("status")));

@@ -1,7 +1,8 @@
 //! The step machine against generated fault schedules, on the in-memory cluster ([`super::fake`]):
-//! refused writes per namespace and object for a span, process restarts, namespaces that start or
-//! stop accepting copies, deleted and hand-edited ConfigMaps and Secrets (planted keys included),
-//! spec edits, rotate and revoke annotations, and the clock. After every write the cluster checks
+//! refused writes per namespace and object for a span, process restarts, leaders whose fence
+//! closes in the middle of a reconcile, namespaces that start or stop accepting copies, deleted
+//! and hand-edited ConfigMaps and Secrets (planted keys included), spec edits, rotate and revoke
+//! annotations, and the clock. After every write the cluster checks
 //! I1, I2, I3 on every version of every ConfigMap and that no key set is empty
 //! ([`crate::invariants`]); after every reconcile, that a refusing namespace held back no other's
 //! repair and that no planted key spread; at the end, that no key-generation storm happened and
@@ -13,7 +14,7 @@
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
-use super::fake::{FakeCluster, HOME, OTHERS, Refusal, Span};
+use super::fake::{FakeCluster, HOME, LEASE_DURATION, OTHERS, Refusal, Span};
 
 /// Rotation interval, propagation delay and token lifetime of the generated keys, in seconds.
 const R: i64 = 60;
@@ -39,6 +40,10 @@ pub enum Fault {
     RefuseNth(Option<&'static str>, Option<&'static str>, u8),
     /// The operator restarts (or fails over): what it remembered is gone.
     Restart,
+    /// The leader stops renewing its Lease: its fence closes before its Nth write from now (the
+    /// reconcile fails there), and a standby with no memory of the key takes over a lease
+    /// duration later.
+    Failover(u8),
     /// A namespace starts or stops accepting copies.
     Accept(&'static str, bool),
     /// Someone deletes the ConfigMap in a namespace.
@@ -102,6 +107,7 @@ fn faults() -> Vec<(u32, BoxedStrategy<Fault>)> {
         ),
         (2, (0u8..P as u8).prop_map(Fault::IntoP).boxed()),
         (1, Just(Fault::Restart).boxed()),
+        (1, (1u8..6).prop_map(Fault::Failover).boxed()),
         (
             2,
             (copy_namespace(), any::<bool>())
@@ -190,6 +196,10 @@ impl Driver {
             // The error policy: the key is tried again when its first waiting write may be.
             Err(_) => Some(self.cluster.time() + SignedDuration::from_secs(2)),
         };
+        // A leader whose fence closed exits; the standby reconciles every key once it leads.
+        if self.cluster.take_fenced() {
+            self.due = Some(self.cluster.time() + LEASE_DURATION);
+        }
         let violations = self.cluster.violations();
         prop_assert!(
             violations.is_empty(),
@@ -245,6 +255,11 @@ impl Driver {
                 namespace: ns.map(str::to_string),
                 span: Span::Until(now + SignedDuration::from_secs(i64::from(*secs))),
             }),
+            // Not a change the watch sees: the fence closes at the write it picks.
+            Fault::Failover(n) => {
+                self.cluster.close_fence_at(u32::from(*n));
+                return Ok(());
+            }
             // Not a change the watch sees: the refusal waits for the write it picks.
             Fault::RefuseNth(kind, ns, n) => {
                 self.cluster.refuse(Refusal {
@@ -439,4 +454,28 @@ fn a_copy_that_could_not_be_removed_does_not_hold_the_next_key_back() {
         Fault::IntoP(0),
     ];
     run([false, false], 637, &faults).unwrap();
+}
+
+#[test]
+fn a_leader_fenced_between_saving_the_next_key_and_publishing_it_leaves_it_to_the_standby() {
+    let mut driver = Driver::new([true, false], 0);
+    driver.reconcile().unwrap();
+    let (first, _) = driver.cluster.kids();
+    // At R - P the next key is saved in the Secret (one write), then published: the fence closes
+    // before the ConfigMap write.
+    driver.cluster.close_fence_at(2);
+    driver.wait(R - P + 1).unwrap();
+    assert_eq!(driver.cluster.failovers(), 1, "the fence closed");
+    let (signing, reported) = driver.cluster.kids();
+    assert_eq!(signing, first, "nothing switched before the standby led");
+    driver.wait(2 * R).unwrap();
+    let (later, _) = driver.cluster.kids();
+    assert_ne!(later, first, "the standby rotated the key");
+    assert_eq!(
+        reported,
+        first.iter().cloned().collect::<Vec<_>>(),
+        "the fenced leader wrote no status after saving the next key"
+    );
+    driver.converge().unwrap();
+    assert!(driver.cluster.generated() <= driver.generation_bound());
 }
