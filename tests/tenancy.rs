@@ -1,7 +1,8 @@
 //! End-to-end: tenants cannot plant keys in each other's namespaces. A copy is written only where the
 //! selector matches and the namespace accepts the key (`jwtkeys.dev/accept-from`); foreign ConfigMaps
 //! are never touched, and freeing the name gets the copy at once; renaming the ConfigMap or the
-//! Secret leaves nothing behind.
+//! Secret leaves nothing behind (an old Secret whose delete was refused goes once it can), and a
+//! ConfigMap renamed while the Secret is lost still publishes the lost key.
 
 mod common;
 mod support;
@@ -204,6 +205,116 @@ async fn renaming_the_config_map_and_the_secret_leaves_nothing_behind() {
             .map(|s| s.name_any())
             .collect();
         assert_eq!(secrets, ["renamed-key"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_old_secret_whose_delete_was_refused_goes_once_deletes_are_allowed() {
+    with_temp_ns("tenant-rename-refused", |ns| async move {
+        install_crd(&ns.client).await;
+        let operator = operator(&[&ns.name]);
+        let kid = create_ready(&ns, &jsk("auth", json!({"rotationInterval": "1h"}))).await;
+        // Secrets cannot be deleted in the key's namespace: the Secret under the old name stays
+        // after the keys moved to the new one.
+        let freeze = Freeze::operations(&ns, "secrets", &ns.name, None, &["DELETE"]).await;
+        api(&ns)
+            .patch(
+                "auth",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"secretName": "renamed-key"}})),
+            )
+            .await
+            .unwrap();
+        wait_for(
+            "the keys in the Secret under the new name",
+            REACT,
+            || async {
+                let secret = secret_text(&ns.client, &ns.name, "renamed-key").await?;
+                (secret["kid"] == kid).then_some(())
+            },
+        )
+        .await;
+        wait_for("a refused delete of the old Secret", REACT, || async {
+            (metric_sum(
+                &metrics(&operator).await,
+                "jwtkeys_reconcile_errors_total",
+                "",
+            ) > 0.0)
+                .then_some(())
+        })
+        .await;
+        assert!(
+            secret_text(&ns.client, &ns.name, "auth-signing-key")
+                .await
+                .is_some(),
+            "the old Secret is still there while deletes are refused"
+        );
+        // Once deletes are allowed, the old Secret (private keys included) goes, though the one
+        // under the new name exists since.
+        freeze.thaw().await;
+        wait_for("the old Secret gone", Duration::from_secs(90), || async {
+            secret_text(&ns.client, &ns.name, "auth-signing-key")
+                .await
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        let secret = secret_text(&ns.client, &ns.name, "renamed-key")
+            .await
+            .unwrap();
+        assert_eq!(secret["kid"], kid, "the same key signs under the new name");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_config_map_rename_while_the_secret_is_lost_publishes_the_lost_key_under_the_new_name() {
+    with_temp_ns("tenant-rename-lost", |ns| async move {
+        install_crd(&ns.client).await;
+        let operator = operator(&[&ns.name]);
+        let kid = create_ready(&ns, &jsk("auth", json!({"rotationInterval": "1h"}))).await;
+        // The Secret is deleted and the operator may not write Secrets: the auth service keeps
+        // signing with its mounted copy of the lost key, whose public key the ConfigMap holds.
+        let freeze = Freeze::writes(&ns, "secrets", &ns.name, Some(&operator.username())).await;
+        Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+            .delete("auth-signing-key", &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_ready(&ns, "auth", "False", "SecretWriteFailed").await;
+        api(&ns)
+            .patch(
+                "auth",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"configMapName": "renamed-jwks"}})),
+            )
+            .await
+            .unwrap();
+        let renamed = wait_for("the ConfigMap under the new name", REACT, || async {
+            config_map_data(&ns.client, &ns.name, "renamed-jwks").await
+        })
+        .await;
+        assert!(
+            jwks_kids(&renamed).contains(&kid),
+            "the ConfigMap under the new name holds the lost key {kid}: {:?}",
+            jwks_kids(&renamed)
+        );
+        freeze.thaw().await;
+        wait_ready(&ns, "auth", "True", "KeysReady").await;
+        let renamed = config_map_data(&ns.client, &ns.name, "renamed-jwks")
+            .await
+            .unwrap();
+        assert!(
+            jwks_kids(&renamed).contains(&kid),
+            "the lost key stays published after a fresh key signs: {:?}",
+            jwks_kids(&renamed)
+        );
+        assert!(
+            config_map_data(&ns.client, &ns.name, "auth-jwks")
+                .await
+                .is_none(),
+            "the ConfigMap under the old name is gone"
+        );
     })
     .await;
 }

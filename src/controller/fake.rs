@@ -78,6 +78,10 @@ struct State {
     namespaces: BTreeMap<String, (BTreeMap<String, String>, Option<String>)>,
     secrets: BTreeMap<String, Secret>,
     config_maps: BTreeMap<String, ConfigMap>,
+    /// The Secret and the ConfigMaps (by namespace) under the names the spec used before its
+    /// last `secretName` or `configMapName` change.
+    former_secret: Option<Secret>,
+    former_config_maps: BTreeMap<String, ConfigMap>,
     refusals: Vec<Refusal>,
     memory: ProcessMemory,
     checker: Checker,
@@ -195,6 +199,8 @@ impl FakeCluster {
                 namespaces,
                 secrets: BTreeMap::new(),
                 config_maps: BTreeMap::new(),
+                former_secret: None,
+                former_config_maps: BTreeMap::new(),
                 refusals: Vec::new(),
                 memory: ProcessMemory::default(),
                 checker: Checker::new(rules),
@@ -321,7 +327,7 @@ impl FakeCluster {
         // Not while the copy of an earlier acceptance still waits to be removed: its verifiers held
         // the keys throughout, which the checker (that stopped following it) cannot tell.
         let detached = state.namespaces.get(ns).is_some_and(|(_, a)| a.is_none())
-            && state.config_maps.contains_key(ns);
+            && (state.config_maps.contains_key(ns) || state.former_config_maps.contains_key(ns));
         if accepts && detached {
             return;
         }
@@ -432,6 +438,44 @@ impl FakeCluster {
             .jsk
             .annotations_mut()
             .insert(key.to_string(), value.to_string());
+    }
+
+    /// Someone changes the spec's `configMapName` (`config_map`) or `secretName`, back and forth
+    /// between the default and another name; not again while objects under the former name are
+    /// still there.
+    pub fn rename(&self, config_map: bool) {
+        let mut state = self.state();
+        if config_map {
+            if !state.former_config_maps.is_empty() {
+                return;
+            }
+            // The operator writes no ConfigMap under the former name again (it removes them): the
+            // checker follows the ones under the new name, each from its first version, as
+            // objects of their own.
+            state.former_config_maps = std::mem::take(&mut state.config_maps);
+            let followed: Vec<String> = state.former_config_maps.keys().cloned().collect();
+            for ns in followed {
+                state.log_external(Kind::ConfigMap, &ns, None);
+            }
+            let spec = &mut state.jsk.spec;
+            spec.config_map_name = match spec.config_map_name {
+                None => Some("auth-keys".into()),
+                Some(_) => None,
+            };
+            // New ConfigMaps hold the next key from when they are written.
+            state.excuse_p();
+        } else {
+            if state.former_secret.is_some() {
+                return;
+            }
+            state.former_secret = state.secrets.remove(HOME);
+            let spec = &mut state.jsk.spec;
+            spec.secret_name = match spec.secret_name {
+                None => Some("auth-signing".into()),
+                Some(_) => None,
+            };
+        }
+        state.jsk.metadata.generation = state.jsk.metadata.generation.map(|g| g + 1);
     }
 
     /// Someone changes the spec's algorithm (it applies to the next key).
@@ -650,6 +694,22 @@ impl FakeCluster {
         }
         if let Some(kid) = home.iter().find(|kid| state.planted.contains(*kid)) {
             return Err(format!("a planted key {kid} is still published"));
+        }
+        let owned = |meta: &ObjectMeta| resources::is_owned_by(meta, &state.jsk);
+        if let Some(ns) = state
+            .former_config_maps
+            .iter()
+            .find(|(_, cm)| owned(&cm.metadata))
+            .map(|(ns, _)| ns)
+        {
+            return Err(format!("a ConfigMap under the former name is left in {ns}"));
+        }
+        if state
+            .former_secret
+            .as_ref()
+            .is_some_and(|s| owned(&s.metadata))
+        {
+            return Err("the Secret under the former name is left".into());
         }
         Ok(())
     }
@@ -874,8 +934,17 @@ fn observe(state: &State, jsk: &JwtSigningKey) -> Observed {
     let copies: Vec<ConfigMap> = state
         .config_maps
         .iter()
+        .chain(&state.former_config_maps)
         .filter(|(ns, cm)| *ns != HOME && found(&cm.metadata))
         .map(|(_, cm)| cm.clone())
+        .collect();
+    let renamed_secret = state.former_secret.clone().filter(|s| found(&s.metadata));
+    let renamed_home = state
+        .former_config_maps
+        .get(HOME)
+        .filter(|cm| found(&cm.metadata))
+        .cloned()
+        .into_iter()
         .collect();
     let looked_up = targets
         .iter()
@@ -884,11 +953,12 @@ fn observe(state: &State, jsk: &JwtSigningKey) -> Observed {
         .collect();
     let status = state.jsk.status.clone().unwrap_or_default();
     Observed {
-        stored_status: matches!(secret, Found::Missing).then(|| status.clone()),
+        stored_status: (matches!(secret, Found::Missing) && renamed_secret.is_none())
+            .then(|| status.clone()),
         secret,
-        renamed_secret: None,
+        renamed_secret,
         home,
-        renamed_home: Vec::new(),
+        renamed_home,
         copies,
         targets,
         unaccepted,
@@ -980,12 +1050,17 @@ impl Effects for FakeCluster {
         secret.metadata.resource_version = Some(revision.to_string());
         let kid = secret_kid(&secret);
         // The first key (and the first after a lost Secret) signs once the home ConfigMap holds it.
-        let before = state.secrets.get(HOME).and_then(secret_kid);
+        let before = state
+            .secrets
+            .get(HOME)
+            .or(state.former_secret.as_ref())
+            .and_then(secret_kid);
         if let Some(kid) = &kid
             && before.is_none()
             && !state
                 .config_maps
                 .get(HOME)
+                .or(state.former_config_maps.get(HOME))
                 .is_some_and(|cm| config_map_kids(cm).contains(kid))
         {
             state.violations.push(format!(
@@ -1059,21 +1134,40 @@ impl Effects for FakeCluster {
                 if state.refuses("ConfigMap", &ns) {
                     return Err(refused("ConfigMap"));
                 }
-                if state.config_maps.get(&ns).map(|s| s.uid()) == Some(cm.uid()) {
-                    state.config_maps.remove(&ns);
-                    let order = state.next_revision();
-                    let at = state.now;
-                    state.check(Version {
-                        kind: Kind::ConfigMap,
-                        namespace: ns,
-                        kids: None,
-                        order,
-                        at,
-                        writer: Writer::Operator,
-                    });
+                // The checker stopped following the ConfigMaps under a former name at the rename.
+                let former = cm.name_any() != state.jsk.config_map_name();
+                let stored = if former {
+                    &mut state.former_config_maps
+                } else {
+                    &mut state.config_maps
+                };
+                if stored.get(&ns).map(|s| s.uid()) != Some(cm.uid()) {
+                    return Ok(());
+                }
+                stored.remove(&ns);
+                if former {
+                    return Ok(());
+                }
+                let order = state.next_revision();
+                let at = state.now;
+                state.check(Version {
+                    kind: Kind::ConfigMap,
+                    namespace: ns,
+                    kids: None,
+                    order,
+                    at,
+                    writer: Writer::Operator,
+                });
+            }
+            // Only a Secret under a former name is ever removed.
+            Removal::Secret(secret) => {
+                if state.refuses("Secret", HOME) {
+                    return Err(refused("Secret"));
+                }
+                if state.former_secret.as_ref().map(|s| s.uid()) == Some(secret.uid()) {
+                    state.former_secret = None;
                 }
             }
-            Removal::Secret(_) => {}
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use kube::{ResourceExt, runtime::events::EventType};
 use super::{
     Error, Found,
     observe::{Inputs, Rebuilt, published_next_since, rebuild},
-    publish::{Publication, Write, Written},
+    publish::{Publication, Write, Written, published_jwks},
     reason::{ConditionReason, EventReason},
     report::{self, Readiness},
 };
@@ -56,8 +56,8 @@ pub const REQUEUE_MARGIN: Duration = Duration::from_millis(20);
 pub struct Observed {
     /// The Secret under the name the spec gives.
     pub secret: Found<Secret>,
-    /// A Secret this key owns under a former name (after a `secretName` change), when the Secret
-    /// under the current name is missing.
+    /// A Secret this key owns under a former name (after a `secretName` change): the source of
+    /// the keys while the Secret under the current name is missing, removed once it holds them.
     pub renamed_secret: Option<Secret>,
     /// The ConfigMap under the name the spec gives, in the key's namespace.
     pub home: Found<ConfigMap>,
@@ -296,10 +296,7 @@ impl Machine {
                 };
             }
         };
-        let renamed_secret = match &secret {
-            Some(_) => None,
-            None => observed.renamed_secret,
-        };
+        let renamed_secret = observed.renamed_secret;
         let known_status = observed.stored_status.unwrap_or_else(|| idle.old.clone());
         let publication = Publication::new(
             jsk,
@@ -320,7 +317,13 @@ impl Machine {
                 active_pem: text(source, resources::PRIVATE_PEM),
                 next_pem: text(source, resources::NEXT_PRIVATE_PEM),
                 pending_pem: text(source, resources::PENDING_PRIVATE_PEM),
-                published: publication.published(),
+                // Under former names too: after a configMapName change the ConfigMaps under the
+                // new name may not hold anything yet.
+                published: publication
+                    .published()
+                    .into_iter()
+                    .chain(observed.renamed_home.iter().flat_map(published_jwks))
+                    .collect(),
                 status: Some(&known_status),
                 algorithm: jsk.spec.algorithm,
             },

@@ -204,11 +204,12 @@ impl Publication {
             .is_some_and(|current| kids_of(current.as_ref()).contains(kid))
     }
 
-    /// The public keys found in the owned ConfigMaps.
+    /// The public keys found in the owned copies and target ConfigMaps, under former names too.
     pub fn published(&self) -> Vec<Jwk> {
         self.targets
             .values()
             .flatten()
+            .chain(&self.renamed)
             .flat_map(published_jwks)
             .collect()
     }

@@ -31,11 +31,10 @@ pub(super) async fn observe(
         .find(&ctx.client, &namespace, &secret_name, jsk)
         .await
         .map_err(|e| Error::GetSecret(secret_name, e))?;
-    // After a secretName change, the keys move from the Secret under the old name.
-    let renamed_secret = match &secret {
-        Found::Missing => renamed_secret(jsk, ctx),
-        _ => None,
-    };
+    // After a secretName change, the keys move from the Secret under the old name, which goes
+    // once the new one holds them: looked for also when the new one exists, so that a delete that
+    // failed (or a process that stopped before it) is retried.
+    let renamed_secret = renamed_secret(jsk, ctx);
     let home = ctx
         .config_maps
         .find(&ctx.client, &namespace, &config_map_name, jsk)

@@ -1,7 +1,8 @@
 //! The step machine against generated fault schedules, on the in-memory cluster ([`super::fake`]):
 //! refused writes per namespace and object for a span, process restarts, leaders whose fence
 //! closes in the middle of a reconcile, namespaces that start or stop accepting copies, deleted
-//! and hand-edited ConfigMaps and Secrets (planted keys included), spec edits, rotate and revoke
+//! and hand-edited ConfigMaps and Secrets (planted keys included), spec edits (the algorithm, the
+//! names of the Secret and the ConfigMaps), rotate and revoke
 //! annotations, and the clock. After every write the cluster checks
 //! I1, I2, I3 on every version of every ConfigMap and that no key set is empty
 //! ([`crate::invariants`]); after every reconcile, that a refusing namespace held back no other's
@@ -60,6 +61,8 @@ pub enum Fault {
     Revoke(bool),
     /// The spec's algorithm changes.
     Algorithm(&'static str),
+    /// The spec's `configMapName` (`true`) or `secretName` changes.
+    Rename(bool),
 }
 
 fn namespace() -> impl Strategy<Value = &'static str> {
@@ -126,6 +129,7 @@ fn faults() -> Vec<(u32, BoxedStrategy<Fault>)> {
                 .prop_map(Fault::Algorithm)
                 .boxed(),
         ),
+        (1, any::<bool>().prop_map(Fault::Rename).boxed()),
     ]
 }
 
@@ -291,6 +295,7 @@ impl Driver {
                 self.algorithm_changes += 1;
                 self.cluster.set_algorithm(alg)
             }
+            Fault::Rename(config_map) => self.cluster.rename(*config_map),
         }
         // The watch sees the change: the key is reconciled.
         self.reconcile()
@@ -320,7 +325,8 @@ impl Driver {
     }
 
     /// No key-generation storm: one key per rotation the time allows, plus one per request,
-    /// lost Secret, algorithm change, and refused Secret write (a key not saved is never used).
+    /// lost Secret, algorithm change, refused Secret write (a key not saved is never used) and
+    /// failover (a leader fenced before it saved its key).
     fn generation_bound(&self) -> usize {
         let elapsed = self.cluster.time().duration_since(self.started).as_secs();
         2 + (elapsed / R) as usize
@@ -329,6 +335,7 @@ impl Driver {
             + self.secret_deletes
             + self.algorithm_changes
             + self.cluster.refused_secret_writes()
+            + self.cluster.failovers()
     }
 }
 
@@ -478,4 +485,32 @@ fn a_leader_fenced_between_saving_the_next_key_and_publishing_it_leaves_it_to_th
     );
     driver.converge().unwrap();
     assert!(driver.cluster.generated() <= driver.generation_bound());
+}
+
+#[test]
+fn a_secret_under_a_former_name_goes_though_its_delete_did_not_happen_before_a_failover() {
+    // The Secret is renamed twice; the second time the leader's fence closes right after the new
+    // Secret is written, before the old one is deleted. The standby finds the new Secret and must
+    // still delete the old one (it holds private keys), not leave it for good.
+    let faults = [
+        Fault::Rename(false),
+        Fault::Failover(3),
+        Fault::Rename(false),
+    ];
+    run([false, false], 0, &faults).unwrap();
+}
+
+#[test]
+fn a_configmap_rename_while_the_secret_is_lost_keeps_the_lost_key_published_under_the_new_name() {
+    // The Secret is deleted and cannot be written again; then the ConfigMaps are renamed. The
+    // auth service still signs with its mounted copy of the lost key, whose public key only the
+    // ConfigMaps under the former name hold: the ConfigMaps under the new name must hold it too.
+    let faults = [
+        Fault::Restart,
+        Fault::Refuse(Some("Secret"), None, 100),
+        Fault::DeleteSecret,
+        Fault::Rename(true),
+        Fault::Wait(5),
+    ];
+    run([true, false], 0, &faults).unwrap();
 }
