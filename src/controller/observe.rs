@@ -181,9 +181,35 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
     };
     let mut private = BTreeMap::new();
 
+    // A Secret older than the status (one under a former name that a refused delete left, a
+    // restored backup) may hold as next the key the status reports as signing: that key signs
+    // already, and the one in its private.pem retired at the switch and never signs again.
+    let (mut active_pem, mut next_pem, mut pending_pem) =
+        (input.active_pem, input.next_pem, input.pending_pem);
+    let signed_since = input.status.and_then(|s| s.active_key_id.as_deref());
+    let kid_of = |pem: Option<&str>| parse_pair(pem).map(|pair| pair.kid().to_string());
+    if let Some(kid) = signed_since
+        && kid_of(active_pem).as_deref() != Some(kid)
+    {
+        let held = if kid_of(next_pem).as_deref() == Some(kid) {
+            Some(next_pem.take())
+        } else if kid_of(pending_pem).as_deref() == Some(kid) {
+            Some(pending_pem.take())
+        } else {
+            None
+        };
+        if let Some(pem) = held {
+            repairs.push(format!(
+                "the Secret holds key {kid} as a key still to sign, but the status reports it \
+                 signing; it is the signing key"
+            ));
+            active_pem = pem;
+        }
+    }
+
     // The signing key is the one in private.pem, when it is known to have been published.
     let mut active_kid = None;
-    if let Some(mut pair) = parse_pair(input.active_pem) {
+    if let Some(mut pair) = parse_pair(active_pem) {
         let kid = pair.kid().to_string();
         let known = keys.keys.iter().any(|k| k.kid() == kid)
             || published.contains_key(&kid)
@@ -260,7 +286,7 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
     }
 
     // The next key is the one in next-private.pem, when the state or the publication knows it.
-    if let Some(mut pair) = parse_pair(input.next_pem) {
+    if let Some(mut pair) = parse_pair(next_pem) {
         let kid = pair.kid().to_string();
         pair.jwk = jwk_for(&keys, &pair);
         match keys.keys.iter().find(|k| k.kid() == kid) {
@@ -299,7 +325,7 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
     }
 
     // A pending key needs its private half; a lost state with a pending key in the Secret gets it back.
-    match (keys.pending.take(), parse_pair(input.pending_pem)) {
+    match (keys.pending.take(), parse_pair(pending_pem)) {
         (Some(pending), Some(pair)) if pending.jwk.kid == pair.kid() => {
             private.insert(pair.kid().to_string(), pair);
             keys.pending = Some(pending);

@@ -514,3 +514,24 @@ fn a_configmap_rename_while_the_secret_is_lost_keeps_the_lost_key_published_unde
     ];
     run([true, false], 0, &faults).unwrap();
 }
+
+#[test]
+fn a_secret_left_under_a_former_name_does_not_make_a_retired_key_sign_again() {
+    // As the property test shrank it. Secret writes are refused from the next key's publication
+    // on (the old Secret keeps it as pending); the Secret is renamed, the reconcile that writes
+    // the new Secret switches to the next key and cannot delete the old one (the refusal still
+    // holds). Then the new Secret is deleted: the keys come back from the old one, which names the
+    // first key as signing, and the first key must not sign again.
+    let faults = [
+        Fault::Refuse(Some("Status"), None, 1),
+        Fault::IntoP(0),
+        Fault::Refuse(Some("Secret"), None, 139),
+        Fault::Wait(66),
+        Fault::IntoP(4),
+        Fault::Algorithm("EdDSA"),
+        Fault::IntoP(0),
+        Fault::Rename(false),
+        Fault::DeleteSecret,
+    ];
+    run([false, false], 0, &faults).unwrap();
+}
