@@ -33,13 +33,18 @@ pub fn rfc3339_secs(t: Timestamp) -> String {
 /// RFC 3339 in UTC with seconds precision, a fraction of a second rounded up: the form of an
 /// instant before which something is promised not to happen.
 pub fn rfc3339_secs_up(t: Timestamp) -> String {
+    rfc3339_secs(secs_up(t))
+}
+
+/// `t` with a fraction of a second rounded up to the next whole second.
+pub fn secs_up(t: Timestamp) -> Timestamp {
     let whole = t.as_second();
     let up = if t.subsec_nanosecond() > 0 {
         whole.saturating_add(1)
     } else {
         whole
     };
-    rfc3339_secs(Timestamp::from_second(up).unwrap_or(t))
+    Timestamp::from_second(up).unwrap_or(t)
 }
 
 /// Parses an RFC 3339 instant with any offset (`Z`, `+02:00`, ...).

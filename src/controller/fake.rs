@@ -313,6 +313,11 @@ impl FakeCluster {
         true
     }
 
+    /// Versions written so far (by anyone), deletes included.
+    pub fn versions(&self) -> u64 {
+        self.state().revision
+    }
+
     /// Leaders that exited with their fence closed so far.
     pub fn failovers(&self) -> usize {
         self.state().failovers

@@ -280,8 +280,13 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
     for record in keys.keys.iter_mut().filter(|r| r.retired_at.is_some()) {
         let promised =
             parse_time(status_entry(record.kid()).and_then(|e| e.remove_after.as_deref()));
-        if let Some(promised) = promised {
-            record.remove_after = Some(record.remove_after.map_or(promised, |at| at.max(promised)));
+        // The status shows the instant rounded up to the second: a promise that the state's
+        // instant already shows is kept as the state has it (no write for a rounding).
+        let shown = record.remove_after.map(crate::time::secs_up);
+        if let Some(promised) = promised
+            && shown.is_none_or(|shown| promised > shown)
+        {
+            record.remove_after = Some(promised);
         }
     }
 

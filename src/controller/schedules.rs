@@ -385,6 +385,26 @@ fn a_quiet_key_rotates_on_schedule_and_converges() {
     assert!(driver.cluster.generated() <= driver.generation_bound());
 }
 
+#[test]
+fn a_restart_writes_nothing_when_nothing_changed() {
+    // Slow writes put fractions of a second in every instant the state records; the status shows
+    // them rounded up to the second, and a restarted process must not take that for a change.
+    let mut driver = Driver::new([true, false], 337);
+    driver.reconcile().unwrap();
+    driver.wait(R + 5).unwrap();
+    let (_, reported) = driver.cluster.kids();
+    assert_eq!(reported.len(), 2, "a retired key is still published");
+    let before = driver.cluster.versions();
+    driver.cluster.restart();
+    driver.reconcile().unwrap();
+    assert_eq!(
+        driver.cluster.versions(),
+        before,
+        "a restart wrote something\n{}",
+        driver.cluster.trace()
+    );
+}
+
 /// Schedules the property test found, kept as they shrank.
 #[test]
 fn a_key_lost_with_its_secret_stays_published_until_its_successor_signs_and_for_l_plus_p_after() {
