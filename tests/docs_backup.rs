@@ -99,9 +99,22 @@ async fn a_secret_restored_from_before_a_revocation_never_publishes_the_revoked_
             },
         )
         .await;
-        let ready = wait_ready(&ns, "auth", "True", "KeysReady").await;
+        // The status follows the Secret write in the same reconcile: wait for the one that
+        // reports it (a read in between still shows the status from before the restore).
+        let ready = wait_status(
+            &ns,
+            "auth",
+            "the status to report the signing key",
+            REACT,
+            |k| {
+                k.status
+                    .as_ref()
+                    .is_some_and(|s| s.active_key_id.as_deref() == Some(signing.as_str()))
+            },
+        )
+        .await;
+        wait_ready(&ns, "auth", "True", "KeysReady").await;
         let status = ready.status.expect("status");
-        assert_eq!(status.active_key_id.as_deref(), Some(signing.as_str()));
         assert!(
             status.revoked_key_ids.contains(&revoked),
             "the status still lists the revoked kid: {:?}",
