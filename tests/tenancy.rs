@@ -13,7 +13,7 @@ use common::{install_crd, wait_for, with_temp_ns};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
 };
 use serde_json::json;
 use support::*;
@@ -161,14 +161,7 @@ async fn renaming_the_config_map_and_the_secret_leaves_nothing_behind() {
             .unwrap()["private.pem"]
             .clone();
 
-        api(&ns)
-            .patch(
-                "auth",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"configMapName": "renamed-jwks", "secretName": "renamed-key"}})),
-            )
-            .await
-            .unwrap();
+        patch_spec(&ns, "auth", json!({"configMapName": "renamed-jwks", "secretName": "renamed-key"})).await;
         wait_for("the keys under the new names only", REACT, || async {
             let secret = secret_text(&ns.client, &ns.name, "renamed-key").await?;
             let home = config_map_data(&ns.client, &ns.name, "renamed-jwks").await?;
@@ -218,14 +211,7 @@ async fn an_old_secret_whose_delete_was_refused_goes_once_deletes_are_allowed() 
         // Secrets cannot be deleted in the key's namespace: the Secret under the old name stays
         // after the keys moved to the new one.
         let freeze = Freeze::operations(&ns, "secrets", &ns.name, None, &["DELETE"]).await;
-        api(&ns)
-            .patch(
-                "auth",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"secretName": "renamed-key"}})),
-            )
-            .await
-            .unwrap();
+        patch_spec(&ns, "auth", json!({"secretName": "renamed-key"})).await;
         wait_for(
             "the keys in the Secret under the new name",
             REACT,
@@ -282,14 +268,7 @@ async fn a_config_map_rename_while_the_secret_is_lost_publishes_the_lost_key_und
             .await
             .unwrap();
         wait_ready(&ns, "auth", "False", "SecretWriteFailed").await;
-        api(&ns)
-            .patch(
-                "auth",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"configMapName": "renamed-jwks"}})),
-            )
-            .await
-            .unwrap();
+        patch_spec(&ns, "auth", json!({"configMapName": "renamed-jwks"})).await;
         let renamed = wait_for("the ConfigMap under the new name", REACT, || async {
             config_map_data(&ns.client, &ns.name, "renamed-jwks").await
         })

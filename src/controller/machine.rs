@@ -1008,40 +1008,43 @@ fn owned(
     secret: Found<Secret>,
     home: Found<ConfigMap>,
 ) -> Result<(Option<Secret>, Option<ConfigMap>), Readiness> {
-    let conflict = |reason, message| Readiness {
-        status: "False",
-        reason,
-        message,
-    };
-    let secret = match secret {
-        Found::Foreign => {
-            return Err(conflict(
-                ConditionReason::SecretConflict,
-                format!(
-                    "Secret {} exists and is not managed by this JwtSigningKey; it is left \
-                     untouched. Delete or rename it, or set spec.secretName.",
-                    jsk.secret_name()
-                ),
-            ));
-        }
-        Found::Owned(secret) => Some(secret),
-        Found::Missing => None,
-    };
-    let home = match home {
-        Found::Foreign => {
-            return Err(conflict(
-                ConditionReason::ConfigMapConflict,
-                format!(
-                    "ConfigMap {} exists and is not managed by this JwtSigningKey; it is left \
-                     untouched. Delete or rename it, or set spec.configMapName.",
-                    jsk.config_map_name()
-                ),
-            ));
-        }
-        Found::Owned(cm) => Some(cm),
-        Found::Missing => None,
-    };
+    let secret = mine(
+        secret,
+        ConditionReason::SecretConflict,
+        "Secret",
+        &jsk.secret_name(),
+        "secretName",
+    )?;
+    let home = mine(
+        home,
+        ConditionReason::ConfigMapConflict,
+        "ConfigMap",
+        &jsk.config_map_name(),
+        "configMapName",
+    )?;
     Ok((secret, home))
+}
+
+/// The object if this key owns it, none if missing; a conflict naming it otherwise.
+fn mine<T>(
+    found: Found<T>,
+    reason: ConditionReason,
+    kind: &str,
+    name: &str,
+    field: &str,
+) -> Result<Option<T>, Readiness> {
+    match found {
+        Found::Foreign => Err(Readiness {
+            status: "False",
+            reason,
+            message: format!(
+                "{kind} {name} exists and is not managed by this JwtSigningKey; it is left \
+                 untouched. Delete or rename it, or set spec.{field}."
+            ),
+        }),
+        Found::Owned(object) => Ok(Some(object)),
+        Found::Missing => Ok(None),
+    }
 }
 
 /// What the ConfigMaps name and the operator never recorded was put there by whoever may edit

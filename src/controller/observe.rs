@@ -54,6 +54,38 @@ pub struct Rebuilt {
     pub repairs: Vec<String>,
 }
 
+/// The Secret's private keys (signing, next, pending), each parsed once. A Secret older than the
+/// status (one under a former name that a refused delete left, a restored backup) may hold as
+/// next or pending the key the status reports signing: that key signs already, and the one in its
+/// `private.pem` retired at the switch and never signs again.
+fn secret_keys(input: &Inputs, repairs: &mut Vec<String>) -> [Option<KeyPair>; 3] {
+    let parse = |pem: Option<&str>| {
+        pem.and_then(|pem| KeyPair::from_private_pem(pem, input.algorithm).ok())
+    };
+    let [mut active, mut next, mut pending] =
+        [input.active_pem, input.next_pem, input.pending_pem].map(parse);
+    let signing = input.status.and_then(|s| s.active_key_id.as_deref());
+    if let Some(kid) = signing
+        && active.as_ref().map(KeyPair::kid) != Some(kid)
+    {
+        let held = if next.as_ref().is_some_and(|pair| pair.kid() == kid) {
+            next.take()
+        } else if pending.as_ref().is_some_and(|pair| pair.kid() == kid) {
+            pending.take()
+        } else {
+            None
+        };
+        if let Some(pair) = held {
+            repairs.push(format!(
+                "the Secret holds key {kid} as a key still to sign, but the status reports it \
+                 signing; it is the signing key"
+            ));
+            active = Some(pair);
+        }
+    }
+    [active, next, pending]
+}
+
 fn is_valid(jwk: &Jwk) -> bool {
     jwk.is_consistent()
 }
@@ -134,12 +166,11 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
         .filter(|jwk| is_valid(jwk))
         .map(|jwk| (jwk.kid.clone(), jwk.clone()))
         .collect();
-    let parse_pair = |pem: Option<&str>| {
-        pem.and_then(|pem| KeyPair::from_private_pem(pem, input.algorithm).ok())
-    };
-    let in_secret: Vec<String> = [input.active_pem, input.next_pem, input.pending_pem]
+    let [active_pair, next_pair, pending_pair] = secret_keys(input, &mut repairs);
+    let in_secret: Vec<String> = [&active_pair, &next_pair, &pending_pair]
         .into_iter()
-        .filter_map(|pem| parse_pair(pem).map(|pair| pair.kid().to_string()))
+        .flatten()
+        .map(|pair| pair.kid().to_string())
         .collect();
     let recorded = |kid: &str| {
         in_secret.iter().any(|k| k == kid)
@@ -181,35 +212,9 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
     };
     let mut private = BTreeMap::new();
 
-    // A Secret older than the status (one under a former name that a refused delete left, a
-    // restored backup) may hold as next the key the status reports as signing: that key signs
-    // already, and the one in its private.pem retired at the switch and never signs again.
-    let (mut active_pem, mut next_pem, mut pending_pem) =
-        (input.active_pem, input.next_pem, input.pending_pem);
-    let signed_since = input.status.and_then(|s| s.active_key_id.as_deref());
-    let kid_of = |pem: Option<&str>| parse_pair(pem).map(|pair| pair.kid().to_string());
-    if let Some(kid) = signed_since
-        && kid_of(active_pem).as_deref() != Some(kid)
-    {
-        let held = if kid_of(next_pem).as_deref() == Some(kid) {
-            Some(next_pem.take())
-        } else if kid_of(pending_pem).as_deref() == Some(kid) {
-            Some(pending_pem.take())
-        } else {
-            None
-        };
-        if let Some(pem) = held {
-            repairs.push(format!(
-                "the Secret holds key {kid} as a key still to sign, but the status reports it \
-                 signing; it is the signing key"
-            ));
-            active_pem = pem;
-        }
-    }
-
     // The signing key is the one in private.pem, when it is known to have been published.
     let mut active_kid = None;
-    if let Some(mut pair) = parse_pair(active_pem) {
+    if let Some(mut pair) = active_pair {
         let kid = pair.kid().to_string();
         let known = keys.keys.iter().any(|k| k.kid() == kid)
             || published.contains_key(&kid)
@@ -291,7 +296,7 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
     }
 
     // The next key is the one in next-private.pem, when the state or the publication knows it.
-    if let Some(mut pair) = parse_pair(next_pem) {
+    if let Some(mut pair) = next_pair {
         let kid = pair.kid().to_string();
         pair.jwk = jwk_for(&keys, &pair);
         match keys.keys.iter().find(|k| k.kid() == kid) {
@@ -330,7 +335,7 @@ pub fn rebuild(timing: &Timing, input: &Inputs, now: Timestamp) -> Rebuilt {
     }
 
     // A pending key needs its private half; a lost state with a pending key in the Secret gets it back.
-    match (keys.pending.take(), parse_pair(pending_pem)) {
+    match (keys.pending.take(), pending_pair) {
         (Some(pending), Some(pair)) if pending.jwk.kid == pair.kid() => {
             private.insert(pair.kid().to_string(), pair);
             keys.pending = Some(pending);

@@ -77,6 +77,18 @@ pub async fn wait_new_signing_key(ns: &TestNamespace, name: &str, previous: &str
         .expect("activeKeyId")
 }
 
+/// Merges `spec` into the JwtSigningKey's spec.
+pub async fn patch_spec(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
+    api(ns)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": spec })),
+        )
+        .await
+        .expect("editing the JwtSigningKey's spec");
+}
+
 /// Merges `annotations` into the JwtSigningKey's metadata.
 pub async fn annotate(ns: &TestNamespace, name: &str, annotations: serde_json::Value) {
     api(ns)
